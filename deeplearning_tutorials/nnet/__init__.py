@@ -1,0 +1,1 @@
+"""What Theano had and PyTensor lost: convolution and pooling, under Theano's names."""
