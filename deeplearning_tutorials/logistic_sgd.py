@@ -260,6 +260,7 @@ def sgd_optimization_mnist(
     ######################
     print("... building the model")
 
+    # start-snippet-1
     # allocate symbolic variables for the data
     index = pt.lscalar()  # index to a [mini]batch
 
@@ -275,7 +276,9 @@ def sgd_optimization_mnist(
     # the cost we minimize during training is the negative log likelihood of
     # the model in symbolic format
     cost = classifier.negative_log_likelihood(y)
+    # end-snippet-1
 
+    # start-snippet-2
     # compiling a PyTensor function that computes the mistakes that are made
     # by the model on a minibatch
     test_model = pytensor.function(
@@ -319,6 +322,8 @@ def sgd_optimization_mnist(
             y: train_set_y[index * batch_size : (index + 1) * batch_size],
         },
     )
+
+    # end-snippet-2
 
     ###############
     # TRAIN MODEL #

@@ -229,6 +229,7 @@ def test_mlp(
     # construct the MLP class
     classifier = MLP(rng=rng, input=x, n_in=28 * 28, n_hidden=n_hidden, n_out=10)
 
+    # start-snippet-1
     # the cost we minimize during training is the negative log likelihood of
     # the model plus the regularization terms (L1 and L2); cost is expressed
     # here symbolically
@@ -237,6 +238,7 @@ def test_mlp(
         + L1_reg * classifier.L1
         + L2_reg * classifier.L2_sqr
     )
+    # end-snippet-1
 
     # compiling a PyTensor function that computes the mistakes that are made
     # by the model on a minibatch
@@ -258,6 +260,7 @@ def test_mlp(
         },
     )
 
+    # start-snippet-2
     # compute the gradient of cost with respect to theta (stored in params)
     # the resulting gradients will be stored in a list gparams
     gparams = [pt.grad(cost, param) for param in classifier.params]
@@ -273,6 +276,7 @@ def test_mlp(
         (param, param - learning_rate * gparam)
         for param, gparam in zip(classifier.params, gparams)
     ]
+    # end-snippet-2
 
     # compiling a PyTensor function `train_model` that returns the cost, but
     # in the same time updates the parameter of the model based on the rules
