@@ -28,6 +28,7 @@ import gzip
 import hashlib
 import os
 import pickle
+import re
 import struct
 import sys
 import tempfile
@@ -223,15 +224,19 @@ def locate(dataset=PKL_NAME, download=True, mirrors=None):
         raise DatasetError(f"{name}: not found and download=False; {_where_to_put(name)}")
 
     dest = cache_dir()
-    if name == IDX_DIR_NAME:
-        return _fetch_idx(dest, mirrors)
     try:
-        return _fetch_pkl(dest, mirrors)
-    except DatasetError as pkl_error:
-        try:
+        if name == IDX_DIR_NAME:
             return _fetch_idx(dest, mirrors)
-        except DatasetError as idx_error:
-            raise DatasetError(f"{pkl_error} (the IDX files failed too: {idx_error})") from None
+        try:
+            return _fetch_pkl(dest, mirrors)
+        except DatasetError as pkl_error:
+            # The IDX files give the same arrays, so they stand in for a pickle no mirror has.
+            try:
+                return _fetch_idx(dest, mirrors)
+            except DatasetError as idx_error:
+                raise DatasetError(f"{pkl_error}; {idx_error}") from None
+    except DatasetError as exc:
+        raise DatasetError(f"{name}: not found, and the download failed: {exc}; {_where_to_put(name)}") from None
 
 
 def _where_to_put(name):
@@ -310,6 +315,8 @@ def _download(urls, final, verify, progressbar=None):
         fd, tmp = tempfile.mkstemp(prefix=final.name + ".", suffix=".part", dir=final.parent)
         os.close(fd)
         tmp = Path(tmp)
+        if progressbar:
+            print(f"Downloading {final.name} from {url}", file=sys.stderr)
         try:
             downloader = pooch.HTTPDownloader(progressbar=progressbar, chunk_size=1 << 16)
             downloader(url, str(tmp), None)
@@ -317,7 +324,9 @@ def _download(urls, final, verify, progressbar=None):
             os.replace(tmp, target)
             return target
         except Exception as exc:  # any network or content fault: next mirror
-            failures.append(f"{url}: {_one_line(exc)}")
+            failures.append(f"{url}: {_reason(exc)}")
+            if progressbar:
+                print(f"{url}: {_reason(exc)}", file=sys.stderr)
         finally:
             tmp.unlink(missing_ok=True)
     raise DatasetError(
@@ -325,9 +334,27 @@ def _download(urls, final, verify, progressbar=None):
     )
 
 
-def _one_line(exc):
+def _reason(exc):
+    """Say in a few words why a download failed (requests' own messages run to lines)."""
+    import requests
+
+    text = _one_line(exc, limit=10_000)
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        return f"HTTP {exc.response.status_code} {exc.response.reason}"
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        match = re.search(r"IncompleteRead\([^)]*\)", text)
+        return "connection closed before the end" + (f" ({match.group(0)})" if match else "")
+    if isinstance(exc, requests.ConnectionError):
+        match = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+        return match.group(0).strip() if match else "connection failed"
+    return _one_line(exc)
+
+
+def _one_line(exc, limit=200):
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _verify_idx(base):
@@ -616,24 +643,32 @@ def _load_pkl(path, label=None):
             if not is_gzip and path.name.endswith(".gz"):
                 raise DatasetError(f"{label}: not a gzip file ({_DAMAGED})")
             stream = gzip.GzipFile(fileobj=raw) if is_gzip else raw
-            unpickler = _SafeUnpickler(stream, encoding="latin1")
-            unpickler.label = label
-            obj = unpickler.load()
+            try:
+                unpickler = _SafeUnpickler(stream, encoding="latin1")
+                unpickler.label = label
+                obj = unpickler.load()
+            except (DatasetError, EOFError, gzip.BadGzipFile, zlib.error):
+                raise
+            except Exception as exc:  # UnpicklingError, or numpy refusing a malformed state
+                # Damaged deflate data often decompresses to garbage before the CRC is reached;
+                # reading on to the trailer tells a damaged file from a foreign pickle.
+                if is_gzip:
+                    while stream.read(1 << 20):
+                        pass
+                raise DatasetError(
+                    f"{label}: not a valid pickle of numpy arrays: {_one_line(exc)}"
+                ) from None
             # Read to the end so that gzip checks its CRC and length trailer.
             if stream.read(1 << 16):
                 raise DatasetError(f"{label}: unexpected bytes after the pickle ({_DAMAGED})")
     except FileNotFoundError:
         raise DatasetError(f"{label}: no such file") from None
-    except DatasetError:
-        raise
     except EOFError as exc:
         if "end-of-stream" in str(exc) or "Compressed file ended" in str(exc):
             raise DatasetError(f"{label}: truncated gzip stream ({_DAMAGED})") from None
         raise DatasetError(f"{label}: pickle ends early ({_DAMAGED})") from None
     except (gzip.BadGzipFile, zlib.error) as exc:
         raise DatasetError(f"{label}: {_gzip_fault(exc)}") from None
-    except Exception as exc:  # UnpicklingError, and numpy's errors on a malformed state
-        raise DatasetError(f"{label}: not a valid pickle of numpy arrays: {_one_line(exc)}") from None
     return _check_structure(obj, label)
 
 
