@@ -73,7 +73,9 @@ class LeNetConvPoolLayer:
         # each unit in the lower layer receives a gradient from:
         # "num output feature maps * filter height * filter width" /
         #   pooling size
-        fan_out = filter_shape[0] * np.prod(filter_shape[2:]) // np.prod(poolsize)
+        # (a true division: 50 * 5 * 5 / 4 = 312.5 for the second layer, as
+        # the original computes it under Python 3)
+        fan_out = filter_shape[0] * np.prod(filter_shape[2:]) / np.prod(poolsize)
         # initialize weights with random weights
         W_bound = np.sqrt(6.0 / (fan_in + fan_out))
         self.W = pytensor.shared(

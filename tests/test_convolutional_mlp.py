@@ -1,0 +1,182 @@
+"""LeNet5 as the original builds it: shapes, parameters, initial weights, first costs.
+
+``lenet5_functions`` builds the model exactly as ``evaluate_lenet5`` does (the way a
+reader of the original would, from the lesson's classes), so that single training
+steps can be checked against the numbers of the original library.
+"""
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+
+from deeplearning_tutorials import convolutional_mlp, datasets
+from deeplearning_tutorials.logistic_sgd import LogisticRegression, load_data
+from deeplearning_tutorials.mlp import HiddenLayer
+
+#: ``train_model(0)``, ``(1)``, ``(2)`` of the original library (Theano), float64,
+#: real MNIST, the default model (REFERENCE.md).
+ORIGINAL_FIRST_COSTS = [2.3025850929940503, 2.2841705704316304, 2.263299546042377]
+
+
+def lenet5_functions(data, learning_rate=0.1, nkerns=(20, 50), batch_size=500, mode=None):
+    """Build LeNet5 as ``evaluate_lenet5`` does; return its layers and compiled functions."""
+    rng = np.random.RandomState(23455)
+    (train_set_x, train_set_y), (valid_set_x, valid_set_y), _ = load_data(data)
+    index = pt.lscalar()
+    x = pt.matrix("x")
+    y = pt.ivector("y")
+    layer0 = convolutional_mlp.LeNetConvPoolLayer(
+        rng,
+        input=x.reshape((batch_size, 1, 28, 28)),
+        image_shape=(batch_size, 1, 28, 28),
+        filter_shape=(nkerns[0], 1, 5, 5),
+        poolsize=(2, 2),
+    )
+    layer1 = convolutional_mlp.LeNetConvPoolLayer(
+        rng,
+        input=layer0.output,
+        image_shape=(batch_size, nkerns[0], 12, 12),
+        filter_shape=(nkerns[1], nkerns[0], 5, 5),
+        poolsize=(2, 2),
+    )
+    layer2 = HiddenLayer(
+        rng, input=layer1.output.flatten(2), n_in=nkerns[1] * 4 * 4, n_out=500, activation=pt.tanh
+    )
+    layer3 = LogisticRegression(input=layer2.output, n_in=500, n_out=10)
+    cost = layer3.negative_log_likelihood(y)
+    params = layer3.params + layer2.params + layer1.params + layer0.params
+    grads = pt.grad(cost, params)
+    updates = [(p, p - learning_rate * g) for p, g in zip(params, grads)]
+    sl = slice(index * batch_size, (index + 1) * batch_size)
+    train_model = pytensor.function(
+        [index], cost, updates=updates,
+        givens={x: train_set_x[sl], y: train_set_y[sl]}, mode=mode,
+    )
+    validate_model = pytensor.function(
+        [index], layer3.errors(y),
+        givens={x: valid_set_x[sl], y: valid_set_y[sl]}, mode=mode,
+    )
+    layers = [layer0, layer1, layer2, layer3]
+    return layers, train_model, validate_model
+
+
+def small_split(arrays, n_train=1500, n_valid=500, n_test=500):
+    """The first examples of each split: enough for the first three minibatches of 500."""
+    (tx, ty), (vx, vy), (sx, sy) = arrays
+    return [(tx[:n_train], ty[:n_train]), (vx[:n_valid], vy[:n_valid]), (sx[:n_test], sy[:n_test])]
+
+
+@pytest.fixture(scope="module")
+def mnist_arrays(mnist_pkl):
+    return datasets.load_arrays(mnist_pkl)
+
+
+def test_layer_shapes_and_parameter_count():
+    batch_size = 500
+    x = pt.matrix("x")
+    with pytensor.config.change_flags(floatX="float64"):
+        rng = np.random.RandomState(23455)
+        layer0 = convolutional_mlp.LeNetConvPoolLayer(
+            rng, input=x.reshape((batch_size, 1, 28, 28)),
+            image_shape=(batch_size, 1, 28, 28), filter_shape=(20, 1, 5, 5),
+        )
+        layer1 = convolutional_mlp.LeNetConvPoolLayer(
+            rng, input=layer0.output,
+            image_shape=(batch_size, 20, 12, 12), filter_shape=(50, 20, 5, 5),
+        )
+        layer2 = HiddenLayer(rng, input=layer1.output.flatten(2), n_in=800, n_out=500)
+        layer3 = LogisticRegression(input=layer2.output, n_in=500, n_out=10)
+
+    data = np.random.RandomState(0).uniform(size=(batch_size, 784))
+    outputs = [layer0.output, layer1.output, layer2.output, layer3.p_y_given_x]
+    shapes = pytensor.function([x], [o.shape for o in outputs], mode="FAST_COMPILE")(data)
+    assert [tuple(s) for s in shapes] == [(500, 20, 12, 12), (500, 50, 4, 4), (500, 500), (500, 10)]
+    # The shapes are also known statically, without running anything.
+    assert layer0.output.type.shape == (500, 20, 12, 12)
+    assert layer1.output.type.shape == (500, 50, 4, 4)
+
+    counts = [sum(p.get_value().size for p in layer.params)
+              for layer in (layer0, layer1, layer2, layer3)]
+    assert counts == [520, 25_050, 400_500, 5_010]
+    assert sum(counts) == 431_080
+
+
+def test_initial_weights_follow_the_original_draws():
+    """Bounds from fan-in/fan-out, and the draw order layer0.W, layer1.W, layer2.W."""
+    x = pt.matrix("x")
+    with pytensor.config.change_flags(floatX="float64"):
+        layer0 = convolutional_mlp.LeNetConvPoolLayer(
+            np.random.RandomState(23455), input=x.reshape((500, 1, 28, 28)),
+            image_shape=(500, 1, 28, 28), filter_shape=(20, 1, 5, 5),
+        )
+    # fan_in = 1*5*5 = 25, fan_out = 20*5*5/4 = 125: bound sqrt(6/150) = 0.2
+    rng = np.random.RandomState(23455)
+    expected0 = rng.uniform(low=-0.2, high=0.2, size=(20, 1, 5, 5))
+    np.testing.assert_allclose(layer0.W.get_value(), expected0, rtol=0, atol=1e-15)
+    # layer1: fan_in = 20*25 = 500, fan_out = 50*25/4 = 312.5 (a true division:
+    # with ``//`` the first costs differ from the original library's at 1e-5)
+    bound1 = np.sqrt(6.0 / (500 + 312.5))
+    expected1 = rng.uniform(low=-bound1, high=bound1, size=(50, 20, 5, 5))
+    bound2 = np.sqrt(6.0 / (800 + 500))
+    expected2 = rng.uniform(low=-bound2, high=bound2, size=(800, 500))
+
+    rng_port = np.random.RandomState(23455)
+    with pytensor.config.change_flags(floatX="float64"):
+        l0 = convolutional_mlp.LeNetConvPoolLayer(
+            rng_port, input=x.reshape((500, 1, 28, 28)),
+            image_shape=(500, 1, 28, 28), filter_shape=(20, 1, 5, 5),
+        )
+        l1 = convolutional_mlp.LeNetConvPoolLayer(
+            rng_port, input=l0.output, image_shape=(500, 20, 12, 12), filter_shape=(50, 20, 5, 5),
+        )
+        l2 = HiddenLayer(rng_port, input=l1.output.flatten(2), n_in=800, n_out=500)
+    np.testing.assert_array_equal(l1.W.get_value(), expected1)
+    np.testing.assert_array_equal(l2.W.get_value(), expected2)
+    assert abs(l1.W.get_value()).max() <= bound1
+    for layer in (l0, l1, l2):
+        assert not layer.b.get_value().any()
+
+
+@pytest.mark.parametrize("mode", ["NUMBA", "CVM", "JAX"])
+def test_first_three_costs_equal_the_original_library(mnist_arrays, mode):
+    if mode == "JAX":
+        pytest.importorskip("jax")
+    with pytensor.config.change_flags(floatX="float64", mode=mode):
+        _, train_model, _ = lenet5_functions(small_split(mnist_arrays), mode=mode)
+        costs = [float(train_model(i)) for i in range(3)]
+    np.testing.assert_allclose(costs, ORIGINAL_FIRST_COSTS, rtol=1e-12, atol=0)
+
+
+def test_backends_agree_after_a_few_steps(mnist_arrays):
+    """Parameters and validation error after 4 steps agree across backends (float64)."""
+    results = {}
+    modes = ["NUMBA", "CVM"]
+    try:
+        import jax  # noqa: F401
+
+        modes.append("JAX")
+    except ImportError:
+        pass
+    for mode in modes:
+        with pytensor.config.change_flags(floatX="float64", mode=mode):
+            layers, train_model, validate_model = lenet5_functions(
+                small_split(mnist_arrays, n_train=2000), mode=mode
+            )
+            costs = [float(train_model(i)) for i in range(4)]
+            err = float(validate_model(0))
+        params = [np.asarray(p.get_value()) for layer in layers for p in layer.params]
+        results[mode] = (costs, err, params)
+    ref_costs, ref_err, ref_params = results["NUMBA"]
+    for mode, (costs, err, params) in results.items():
+        np.testing.assert_allclose(costs, ref_costs, rtol=1e-12, err_msg=mode)
+        assert err == ref_err, mode
+        for p, q in zip(params, ref_params):
+            np.testing.assert_allclose(p, q, rtol=1e-9, atol=1e-12, err_msg=mode)
+
+
+def test_float32_first_costs_are_close_to_float64(mnist_arrays):
+    with pytensor.config.change_flags(floatX="float32", mode="NUMBA"):
+        _, train_model, _ = lenet5_functions(small_split(mnist_arrays), mode="NUMBA")
+        costs = [float(train_model(i)) for i in range(3)]
+    np.testing.assert_allclose(costs, ORIGINAL_FIRST_COSTS, rtol=1e-5)
