@@ -1,0 +1,445 @@
+"""Theano's legacy 2-D convolution (``theano.tensor.nnet.conv.conv2d``) as PyTensor Ops.
+
+Port note: PyTensor removed ``nnet`` (its last convolution Op went in 2.36.3), and
+``pytensor.tensor.signal.convolve2d`` is a per-slice 2-D convolution run by
+Blockwise through SciPy, far too slow for LeNet5 and without a JAX
+implementation. This module brings back the 4-D operation the tutorial calls,
+with the semantics of the original: a TRUE convolution (kernels flipped), 'valid'
+border mode, summed over input feature maps.
+
+Three Ops make up the operation and its gradient:
+
+* :class:`Conv2d` -- ``(x, w) -> z``, the forward convolution;
+* :class:`Conv2dGradInputs` -- ``(gz, w) -> gx``, the gradient with respect to ``x``;
+* :class:`Conv2dGradFilters` -- ``(x, gz) -> gw``, the gradient with respect to ``w``.
+
+Each has a NumPy ``perform`` (im2col + one matrix product), C code that calls
+the BLAS SciPy ships, and Numba and JAX implementations registered on import of
+:mod:`deeplearning_tutorials.nnet`.
+"""
+
+import numpy as np
+import pytensor.tensor as pt
+from numpy.lib.stride_tricks import sliding_window_view
+from pytensor.graph.basic import Apply
+from pytensor.graph.op import Op
+from pytensor.scalar import upcast
+
+__all__ = ["conv2d", "Conv2d", "Conv2dGradInputs", "Conv2dGradFilters"]
+
+
+# ---------------------------------------------------------------------------
+# NumPy reference kernels (used by ``perform``)
+# ---------------------------------------------------------------------------
+
+
+def _patches(x, kh, kw):
+    """Column matrix of ``x`` as ``(B*oh*ow, C*kh*kw)``, patches un-flipped.
+
+    Parameters
+    ----------
+    x : ndarray, shape (B, C, H, W)
+    kh, kw : int
+        Filter height and width.
+    """
+    B, C, H, W = x.shape
+    oh, ow = H - kh + 1, W - kw + 1
+    # (B, C, oh, ow, kh, kw) view, then one copy into GEMM layout.
+    view = sliding_window_view(x, (kh, kw), axis=(2, 3))
+    return view.transpose(0, 2, 3, 1, 4, 5).reshape(B * oh * ow, C * kh * kw)
+
+
+def _flipped_matrix(w):
+    """Filters flipped in both spatial axes, as a ``(F, C*kh*kw)`` matrix."""
+    F = w.shape[0]
+    return np.ascontiguousarray(w[:, :, ::-1, ::-1]).reshape(F, -1)
+
+
+def _check_conv_shapes(x_shape, w_shape):
+    if len(x_shape) != 4 or len(w_shape) != 4:
+        raise ValueError(
+            f"conv2d needs 4-D input and filters, got shapes {x_shape} and {w_shape}"
+        )
+    if x_shape[1] != w_shape[1]:
+        raise ValueError(
+            f"conv2d: input has {x_shape[1]} feature maps but the filters expect {w_shape[1]} "
+            f"(input shape {x_shape}, filter shape {w_shape})"
+        )
+    if w_shape[2] > x_shape[2] or w_shape[3] > x_shape[3]:
+        raise ValueError(
+            f"conv2d 'valid': filter {w_shape[2:]} is larger than the image {x_shape[2:]}"
+        )
+
+
+def conv2d_valid_numpy(x, w):
+    """True 'valid' convolution summed over input maps (NumPy).
+
+    Parameters
+    ----------
+    x : ndarray, shape (B, C, H, W)
+    w : ndarray, shape (F, C, kh, kw)
+
+    Returns
+    -------
+    ndarray, shape (B, F, H-kh+1, W-kw+1)
+    """
+    _check_conv_shapes(x.shape, w.shape)
+    B, C, H, W = x.shape
+    F, _, kh, kw = w.shape
+    oh, ow = H - kh + 1, W - kw + 1
+    res = _patches(x, kh, kw) @ _flipped_matrix(w).T  # (B*oh*ow, F)
+    return np.ascontiguousarray(res.reshape(B, oh, ow, F).transpose(0, 3, 1, 2))
+
+
+def conv2d_grad_inputs_numpy(gz, w):
+    """Gradient of the convolution with respect to its input (NumPy).
+
+    Parameters
+    ----------
+    gz : ndarray, shape (B, F, oh, ow)
+    w : ndarray, shape (F, C, kh, kw)
+
+    Returns
+    -------
+    ndarray, shape (B, C, oh+kh-1, ow+kw-1)
+    """
+    B, F, oh, ow = gz.shape
+    _, C, kh, kw = w.shape
+    if w.shape[0] != F:
+        raise ValueError(f"conv2d grad: {F} output maps but {w.shape[0]} filters")
+    gzm = gz.transpose(0, 2, 3, 1).reshape(B * oh * ow, F)
+    dcols = (gzm @ _flipped_matrix(w)).reshape(B, oh, ow, C, kh, kw)
+    gx = np.zeros((B, C, oh + kh - 1, ow + kw - 1), dtype=gz.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            gx[:, :, u : u + oh, v : v + ow] += dcols[:, :, :, :, u, v].transpose(0, 3, 1, 2)
+    return gx
+
+
+def conv2d_grad_filters_numpy(x, gz):
+    """Gradient of the convolution with respect to its filters (NumPy).
+
+    Parameters
+    ----------
+    x : ndarray, shape (B, C, H, W)
+    gz : ndarray, shape (B, F, oh, ow)
+
+    Returns
+    -------
+    ndarray, shape (F, C, H-oh+1, W-ow+1)
+    """
+    B, C, H, W = x.shape
+    _, F, oh, ow = gz.shape
+    if gz.shape[0] != B:
+        raise ValueError(f"conv2d grad: batch {B} but output gradient batch {gz.shape[0]}")
+    kh, kw = H - oh + 1, W - ow + 1
+    gzm = gz.transpose(1, 0, 2, 3).reshape(F, B * oh * ow)
+    gwf = (gzm @ _patches(x, kh, kw)).reshape(F, C, kh, kw)
+    return np.ascontiguousarray(gwf[:, :, ::-1, ::-1])
+
+
+# ---------------------------------------------------------------------------
+# Ops
+# ---------------------------------------------------------------------------
+
+
+def _as_float4(var, name):
+    var = pt.as_tensor_variable(var)
+    if var.type.ndim != 4:
+        raise ValueError(f"conv2d: {name} must be 4-D, got {var.type.ndim}-D ({var.type})")
+    if var.type.dtype not in ("float32", "float64"):
+        raise TypeError(f"conv2d: {name} must be float32 or float64, got {var.type.dtype}")
+    return var
+
+
+def _common_dtype(*vars_):
+    dtype = upcast(*(v.type.dtype for v in vars_))
+    return [pt.cast(v, dtype) if v.type.dtype != dtype else v for v in vars_]
+
+
+def _diff_plus_one(a, b):
+    return None if a is None or b is None else a - b + 1
+
+
+class _ConvOpBase(Op):
+    __props__ = ()
+
+    def c_code_cache_version(self):
+        from deeplearning_tutorials.nnet import conv_c
+
+        return conv_c.C_CODE_VERSION
+
+
+class Conv2d(_ConvOpBase):
+    """True 'valid' 2-D convolution of a batch of multi-map images.
+
+    Inputs ``x`` (B, C, H, W) and ``w`` (F, C, kh, kw); output
+    ``z`` (B, F, H-kh+1, W-kw+1) with
+    ``z[b, f] = sum_c scipy.signal.convolve2d(x[b, c], w[f, c], 'valid')``.
+    """
+
+    def make_node(self, x, w):
+        x = _as_float4(x, "input")
+        w = _as_float4(w, "filters")
+        x, w = _common_dtype(x, w)
+        xs, ws = x.type.shape, w.type.shape
+        if None not in (xs[1], ws[1]) and xs[1] != ws[1]:
+            raise ValueError(f"conv2d: input has {xs[1]} feature maps, filters expect {ws[1]}")
+        out_shape = (xs[0], ws[0], _diff_plus_one(xs[2], ws[2]), _diff_plus_one(xs[3], ws[3]))
+        out = pt.tensor(dtype=x.type.dtype, shape=out_shape)
+        return Apply(self, [x, w], [out])
+
+    def perform(self, node, inputs, output_storage):
+        x, w = inputs
+        output_storage[0][0] = conv2d_valid_numpy(x, w).astype(node.outputs[0].dtype, copy=False)
+
+    def infer_shape(self, fgraph, node, shapes):
+        xs, ws = shapes
+        return [(xs[0], ws[0], xs[2] - ws[2] + 1, xs[3] - ws[3] + 1)]
+
+    def pullback(self, inputs, outputs, output_grads):
+        x, w = inputs
+        (gz,) = output_grads
+        return [conv2d_grad_inputs_op(gz, w), conv2d_grad_filters_op(x, gz)]
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        from deeplearning_tutorials.nnet import conv_c
+
+        return conv_c.conv_c_code("fwd", node, name, inputs, outputs, sub)
+
+    def c_support_code(self, **kwargs):
+        from deeplearning_tutorials.nnet import conv_c
+
+        return conv_c.SUPPORT_CODE
+
+    def c_init_code(self, **kwargs):
+        from deeplearning_tutorials.nnet import conv_c
+
+        return [conv_c.INIT_CODE]
+
+
+class Conv2dGradInputs(_ConvOpBase):
+    """Gradient of :class:`Conv2d` with respect to its input.
+
+    Inputs ``gz`` (B, F, oh, ow) and ``w`` (F, C, kh, kw); output
+    ``gx`` (B, C, oh+kh-1, ow+kw-1) (a 'full' correlation of ``gz`` with ``w``).
+    """
+
+    def make_node(self, gz, w):
+        gz = _as_float4(gz, "output gradient")
+        w = _as_float4(w, "filters")
+        gz, w = _common_dtype(gz, w)
+        gs, ws = gz.type.shape, w.type.shape
+        out_shape = (
+            gs[0],
+            ws[1],
+            None if None in (gs[2], ws[2]) else gs[2] + ws[2] - 1,
+            None if None in (gs[3], ws[3]) else gs[3] + ws[3] - 1,
+        )
+        out = pt.tensor(dtype=gz.type.dtype, shape=out_shape)
+        return Apply(self, [gz, w], [out])
+
+    def perform(self, node, inputs, output_storage):
+        gz, w = inputs
+        output_storage[0][0] = conv2d_grad_inputs_numpy(gz, w).astype(
+            node.outputs[0].dtype, copy=False
+        )
+
+    def infer_shape(self, fgraph, node, shapes):
+        gs, ws = shapes
+        return [(gs[0], ws[1], gs[2] + ws[2] - 1, gs[3] + ws[3] - 1)]
+
+    def pullback(self, inputs, outputs, output_grads):
+        # gx is bilinear in (gz, w): gx = conv^T(gz; w), so
+        # d<ggx, gx>/dgz = conv(ggx, w) and d<ggx, gx>/dw = gradW(ggx, gz).
+        gz, w = inputs
+        (ggx,) = output_grads
+        return [conv2d_op(ggx, w), conv2d_grad_filters_op(ggx, gz)]
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        from deeplearning_tutorials.nnet import conv_c
+
+        return conv_c.conv_c_code("gi", node, name, inputs, outputs, sub)
+
+    def c_support_code(self, **kwargs):
+        from deeplearning_tutorials.nnet import conv_c
+
+        return conv_c.SUPPORT_CODE
+
+    def c_init_code(self, **kwargs):
+        from deeplearning_tutorials.nnet import conv_c
+
+        return [conv_c.INIT_CODE]
+
+
+class Conv2dGradFilters(_ConvOpBase):
+    """Gradient of :class:`Conv2d` with respect to its filters.
+
+    Inputs ``x`` (B, C, H, W) and ``gz`` (B, F, oh, ow); output
+    ``gw`` (F, C, H-oh+1, W-ow+1).
+    """
+
+    def make_node(self, x, gz):
+        x = _as_float4(x, "input")
+        gz = _as_float4(gz, "output gradient")
+        x, gz = _common_dtype(x, gz)
+        xs, gs = x.type.shape, gz.type.shape
+        out_shape = (gs[1], xs[1], _diff_plus_one(xs[2], gs[2]), _diff_plus_one(xs[3], gs[3]))
+        out = pt.tensor(dtype=x.type.dtype, shape=out_shape)
+        return Apply(self, [x, gz], [out])
+
+    def perform(self, node, inputs, output_storage):
+        x, gz = inputs
+        output_storage[0][0] = conv2d_grad_filters_numpy(x, gz).astype(
+            node.outputs[0].dtype, copy=False
+        )
+
+    def infer_shape(self, fgraph, node, shapes):
+        xs, gs = shapes
+        return [(gs[1], xs[1], xs[2] - gs[2] + 1, xs[3] - gs[3] + 1)]
+
+    def pullback(self, inputs, outputs, output_grads):
+        # gw is bilinear in (x, gz): d<ggw, gw>/dx = gradX(gz; ggw), d/dgz = conv(x, ggw).
+        x, gz = inputs
+        (ggw,) = output_grads
+        return [conv2d_grad_inputs_op(gz, ggw), conv2d_op(x, ggw)]
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        from deeplearning_tutorials.nnet import conv_c
+
+        return conv_c.conv_c_code("gw", node, name, inputs, outputs, sub)
+
+    def c_support_code(self, **kwargs):
+        from deeplearning_tutorials.nnet import conv_c
+
+        return conv_c.SUPPORT_CODE
+
+    def c_init_code(self, **kwargs):
+        from deeplearning_tutorials.nnet import conv_c
+
+        return [conv_c.INIT_CODE]
+
+
+conv2d_op = Conv2d()
+conv2d_grad_inputs_op = Conv2dGradInputs()
+conv2d_grad_filters_op = Conv2dGradFilters()
+
+
+# ---------------------------------------------------------------------------
+# The user-facing function
+# ---------------------------------------------------------------------------
+
+
+def _normalize_shape(shape, what):
+    if shape is None:
+        return None
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise ValueError(f"conv2d: {what} must be a tuple of 4 ints, got {shape!r}") from None
+    if len(shape) != 4:
+        raise ValueError(f"conv2d: {what} must have 4 entries, got {len(shape)}: {shape}")
+    out = []
+    for s in shape:
+        if s is None:
+            out.append(None)
+            continue
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or s < 1:
+            raise ValueError(f"conv2d: {what} entries must be positive ints or None, got {shape}")
+        out.append(int(s))
+    return tuple(out)
+
+
+def _merge_static(declared, static, what):
+    """Combine a declared shape with a static type shape, raising on conflicts."""
+    if declared is None:
+        return static
+    merged = []
+    for d, s in zip(declared, static):
+        if d is not None and s is not None and d != s:
+            raise ValueError(
+                f"conv2d: declared {what} {declared} contradicts the variable's static shape {static}"
+            )
+        merged.append(d if d is not None else s)
+    return tuple(merged)
+
+
+def conv2d(
+    input,
+    filters,
+    filter_shape=None,
+    input_shape=None,
+    image_shape=None,
+    border_mode="valid",
+    subsample=(1, 1),
+):
+    """Convolve a batch of multi-map images with a bank of filters (Theano's ``conv.conv2d``).
+
+    A true convolution (filters flipped), 'valid' mode, summed over input maps::
+
+        out[b, f] = sum_c scipy.signal.convolve2d(input[b, c], filters[f, c], 'valid')
+
+    Parameters
+    ----------
+    input : TensorVariable, shape (batch, in_maps, h, w)
+    filters : TensorVariable, shape (n_filters, in_maps, kh, kw)
+    filter_shape : tuple of 4 int or None, optional
+        Declared shape of ``filters``; checked against ``input_shape`` and the
+        static type, and used to give the output a static shape.
+    input_shape : tuple of 4 int or None, optional
+        Declared shape of ``input``.
+    image_shape : tuple of 4 int or None, optional
+        The original (legacy ``conv.conv2d``) name of ``input_shape``.
+    border_mode : {'valid'}
+        Only 'valid', the tutorial's mode, is implemented.
+    subsample : (1, 1)
+        Only unit strides are implemented.
+
+    Returns
+    -------
+    TensorVariable, shape (batch, n_filters, h-kh+1, w-kw+1)
+
+    Raises
+    ------
+    ValueError
+        For an unsupported ``border_mode``/``subsample``, inputs that are not
+        4-D, or declared shapes inconsistent with each other or with the
+        variables' static shapes.
+    """
+    if border_mode != "valid":
+        raise ValueError(f"conv2d: only border_mode='valid' is implemented, got {border_mode!r}")
+    if tuple(subsample) != (1, 1):
+        raise ValueError(f"conv2d: only subsample=(1, 1) is implemented, got {subsample!r}")
+    input_shape = _normalize_shape(input_shape, "input_shape")
+    image_shape = _normalize_shape(image_shape, "image_shape")
+    filter_shape = _normalize_shape(filter_shape, "filter_shape")
+    if input_shape is not None and image_shape is not None and input_shape != image_shape:
+        raise ValueError(
+            f"conv2d: input_shape {input_shape} and image_shape {image_shape} (its legacy name) differ"
+        )
+    if input_shape is None:
+        input_shape = image_shape
+
+    input = _as_float4(input, "input")
+    filters = _as_float4(filters, "filters")
+    xs = _merge_static(input_shape, input.type.shape, "input_shape")
+    ws = _merge_static(filter_shape, filters.type.shape, "filter_shape")
+    if None not in (xs[1], ws[1]) and xs[1] != ws[1]:
+        raise ValueError(
+            f"conv2d: input has {xs[1]} feature maps (shape {xs}) but the filters "
+            f"expect {ws[1]} (shape {ws})"
+        )
+    for axis, name in ((2, "height"), (3, "width")):
+        if None not in (xs[axis], ws[axis]) and ws[axis] > xs[axis]:
+            raise ValueError(
+                f"conv2d 'valid': filter {name} {ws[axis]} exceeds the image {name} {xs[axis]} "
+                f"(input shape {xs}, filter shape {ws})"
+            )
+    # Port note: Theano's Op carried imshp/kshp itself; here declared shapes
+    # become ``specify_shape`` nodes, which every backend already implements
+    # (a runtime check) and which give the Op's output its static shape.
+    if xs != input.type.shape:
+        input = pt.specify_shape(input, xs)
+    if ws != filters.type.shape:
+        filters = pt.specify_shape(filters, ws)
+    return conv2d_op(input, filters)

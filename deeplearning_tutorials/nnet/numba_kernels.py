@@ -1,0 +1,343 @@
+"""Numba kernels for the convolution and max-pooling Ops, and their Numba dispatch.
+
+The convolution kernels use im2col + one GEMM per chunk of the batch: the
+column matrix has shape ``(C*kh*kw, nb*oh*ow)``, so building it and scattering
+it back (col2im) both read and write contiguous rows of ``ow`` elements, and the
+products go to BLAS through ``np.dot`` (Numba calls SciPy's BLAS). The batch is
+cut in chunks so that the column matrix stays a few MiB and is reused between
+chunks instead of being a fresh, page-faulting 100+ MiB allocation per call.
+
+The pooling kernels are plain loops over non-overlapping windows; the gradient
+follows Theano's rule: every input equal to its window's maximum receives the
+window's upstream gradient (ties included).
+
+The kernels are module-level ``numba.njit(cache=True)`` functions, so their
+machine code is cached on disk and shared by every compiled PyTensor function.
+The ``register_numba_dispatch`` function hooks them into PyTensor's Numba
+backend; :mod:`deeplearning_tutorials.nnet` calls it on import.
+"""
+
+import numba
+import numpy as np
+
+# Elements in one chunk's column matrix: 2**20 elements (8 MiB in float64,
+# 4 MiB in float32) keeps the buffer cache-friendly while each GEMM still has
+# thousands of columns, which is what BLAS needs to run near its peak.
+_COLS_CHUNK_ELEMS = 1 << 20
+
+_njit = numba.njit(cache=True, nogil=True, boundscheck=False)
+
+
+@_njit
+def _chunk_size(batch, n_cols_per_image, n_rows):
+    per_image = max(1, n_cols_per_image * n_rows)
+    return max(1, min(batch, _COLS_CHUNK_ELEMS // per_image))
+
+
+@_njit
+def _flip_filters_2d(w):
+    """Return ``w`` flipped in both spatial axes as a ``(F, C*kh*kw)`` matrix."""
+    F, C, kh, kw = w.shape
+    wf = np.empty((F, C * kh * kw), dtype=w.dtype)
+    for f in range(F):
+        for c in range(C):
+            for u in range(kh):
+                for v in range(kw):
+                    wf[f, (c * kh + u) * kw + v] = w[f, c, kh - 1 - u, kw - 1 - v]
+    return wf
+
+
+@_njit
+def _im2col(x, b0, nb, kh, kw, cols):
+    """Fill ``cols`` (C*kh*kw, nb*oh*ow) with the patches of images ``b0:b0+nb``."""
+    _, C, H, W = x.shape
+    oh = H - kh + 1
+    ow = W - kw + 1
+    P = oh * ow
+    for c in range(C):
+        for u in range(kh):
+            for v in range(kw):
+                k = (c * kh + u) * kw + v
+                for bb in range(nb):
+                    for i in range(oh):
+                        base = bb * P + i * ow
+                        for j in range(ow):
+                            cols[k, base + j] = x[b0 + bb, c, i + u, j + v]
+
+
+@_njit
+def _col2im_add(dcols, b0, nb, kh, kw, gx):
+    """Scatter-add ``dcols`` (C*kh*kw, nb*oh*ow) into images ``b0:b0+nb`` of ``gx``."""
+    _, C, H, W = gx.shape
+    oh = H - kh + 1
+    ow = W - kw + 1
+    P = oh * ow
+    for c in range(C):
+        for u in range(kh):
+            for v in range(kw):
+                k = (c * kh + u) * kw + v
+                for bb in range(nb):
+                    for i in range(oh):
+                        base = bb * P + i * ow
+                        for j in range(ow):
+                            gx[b0 + bb, c, i + u, j + v] += dcols[k, base + j]
+
+
+@_njit
+def _gather_gz(gz, b0, nb, gzm):
+    """Copy ``gz[b0:b0+nb]`` (nb, F, oh, ow) into ``gzm`` (F, nb*oh*ow)."""
+    F, oh, ow = gz.shape[1], gz.shape[2], gz.shape[3]
+    P = oh * ow
+    for f in range(F):
+        for bb in range(nb):
+            for i in range(oh):
+                for j in range(ow):
+                    gzm[f, bb * P + i * ow + j] = gz[b0 + bb, f, i, j]
+
+
+@_njit
+def conv2d_valid(x, w):
+    """True 'valid' 2-D convolution summed over input maps.
+
+    Parameters
+    ----------
+    x : ndarray, shape (B, C, H, W)
+    w : ndarray, shape (F, C, kh, kw)
+
+    Returns
+    -------
+    ndarray, shape (B, F, H-kh+1, W-kw+1)
+    """
+    B, C, H, W = x.shape
+    F, C2, kh, kw = w.shape
+    if C2 != C:
+        raise ValueError("conv2d: input maps and filter input maps differ")
+    if kh > H or kw > W:
+        raise ValueError("conv2d: filter larger than the image")
+    oh = H - kh + 1
+    ow = W - kw + 1
+    P = oh * ow
+    K = C * kh * kw
+    out = np.empty((B, F, oh, ow), dtype=x.dtype)
+    if B == 0 or F == 0:
+        return out
+    wf = _flip_filters_2d(w)
+    chunk = _chunk_size(B, P, K)
+    buf = np.empty(K * chunk * P, dtype=x.dtype)
+    res_buf = np.empty(F * chunk * P, dtype=x.dtype)
+    for b0 in range(0, B, chunk):
+        nb = min(chunk, B - b0)
+        cols = buf[: K * nb * P].reshape((K, nb * P))
+        _im2col(x, b0, nb, kh, kw, cols)
+        res = res_buf[: F * nb * P].reshape((F, nb * P))
+        np.dot(wf, cols, res)
+        for bb in range(nb):
+            for f in range(F):
+                for i in range(oh):
+                    for j in range(ow):
+                        out[b0 + bb, f, i, j] = res[f, bb * P + i * ow + j]
+    return out
+
+
+@_njit
+def conv2d_grad_inputs(gz, w):
+    """Gradient of :func:`conv2d_valid` with respect to its input.
+
+    Parameters
+    ----------
+    gz : ndarray, shape (B, F, oh, ow)
+    w : ndarray, shape (F, C, kh, kw)
+
+    Returns
+    -------
+    ndarray, shape (B, C, oh+kh-1, ow+kw-1)
+    """
+    B, F, oh, ow = gz.shape
+    F2, C, kh, kw = w.shape
+    if F2 != F:
+        raise ValueError("conv2d grad: output maps and filters differ")
+    H = oh + kh - 1
+    W = ow + kw - 1
+    P = oh * ow
+    K = C * kh * kw
+    gx = np.zeros((B, C, H, W), dtype=gz.dtype)
+    if B == 0 or P == 0:
+        return gx
+    wft = np.ascontiguousarray(_flip_filters_2d(w).T)  # (K, F)
+    chunk = _chunk_size(B, P, max(K, F))
+    gz_buf = np.empty(F * chunk * P, dtype=gz.dtype)
+    dcols_buf = np.empty(K * chunk * P, dtype=gz.dtype)
+    for b0 in range(0, B, chunk):
+        nb = min(chunk, B - b0)
+        gzm = gz_buf[: F * nb * P].reshape((F, nb * P))
+        _gather_gz(gz, b0, nb, gzm)
+        dcols = dcols_buf[: K * nb * P].reshape((K, nb * P))
+        np.dot(wft, gzm, dcols)
+        _col2im_add(dcols, b0, nb, kh, kw, gx)
+    return gx
+
+
+@_njit
+def conv2d_grad_filters(x, gz):
+    """Gradient of :func:`conv2d_valid` with respect to its filters.
+
+    Parameters
+    ----------
+    x : ndarray, shape (B, C, H, W)
+    gz : ndarray, shape (B, F, oh, ow)
+
+    Returns
+    -------
+    ndarray, shape (F, C, H-oh+1, W-ow+1)
+    """
+    B, C, H, W = x.shape
+    B2, F, oh, ow = gz.shape
+    if B2 != B:
+        raise ValueError("conv2d grad: batch sizes differ")
+    kh = H - oh + 1
+    kw = W - ow + 1
+    P = oh * ow
+    K = C * kh * kw
+    gwf = np.zeros((F, K), dtype=x.dtype)
+    if B > 0 and P > 0:
+        chunk = _chunk_size(B, P, max(K, F))
+        buf = np.empty(K * chunk * P, dtype=x.dtype)
+        gz_buf = np.empty(F * chunk * P, dtype=x.dtype)
+        part = np.empty((F, K), dtype=x.dtype)
+        for b0 in range(0, B, chunk):
+            nb = min(chunk, B - b0)
+            cols = buf[: K * nb * P].reshape((K, nb * P))
+            _im2col(x, b0, nb, kh, kw, cols)
+            gzm = gz_buf[: F * nb * P].reshape((F, nb * P))
+            _gather_gz(gz, b0, nb, gzm)
+            np.dot(gzm, cols.T, part)
+            gwf += part
+    gw = np.empty((F, C, kh, kw), dtype=x.dtype)
+    for f in range(F):
+        for c in range(C):
+            for u in range(kh):
+                for v in range(kw):
+                    gw[f, c, kh - 1 - u, kw - 1 - v] = gwf[f, (c * kh + u) * kw + v]
+    return gw
+
+
+@_njit
+def _pool_out_size(n, ws, ignore_border):
+    if ignore_border:
+        return n // ws
+    return (n + ws - 1) // ws
+
+
+@_njit
+def max_pool_3d(x3, wh, ww, ignore_border):
+    """Max over non-overlapping ``(wh, ww)`` windows of ``x3`` (M, H, W)."""
+    M, H, W = x3.shape
+    oh = _pool_out_size(H, wh, ignore_border)
+    ow = _pool_out_size(W, ww, ignore_border)
+    out = np.empty((M, oh, ow), dtype=x3.dtype)
+    for m in range(M):
+        for i in range(oh):
+            r0 = i * wh
+            r1 = min(r0 + wh, H)
+            for j in range(ow):
+                c0 = j * ww
+                c1 = min(c0 + ww, W)
+                mx = x3[m, r0, c0]
+                for r in range(r0, r1):
+                    for c in range(c0, c1):
+                        val = x3[m, r, c]
+                        if val > mx:
+                            mx = val
+                out[m, i, j] = mx
+    return out
+
+
+@_njit
+def max_pool_grad_3d(x3, out3, gz3, wh, ww):
+    """Theano's max-pool gradient on ``(M, H, W)`` stacks: ties all receive ``gz``."""
+    M, H, W = x3.shape
+    oh, ow = out3.shape[1], out3.shape[2]
+    gx = np.zeros((M, H, W), dtype=x3.dtype)
+    for m in range(M):
+        for i in range(oh):
+            r0 = i * wh
+            r1 = min(r0 + wh, H)
+            for j in range(ow):
+                c0 = j * ww
+                c1 = min(c0 + ww, W)
+                mx = out3[m, i, j]
+                g = gz3[m, i, j]
+                for r in range(r0, r1):
+                    for c in range(c0, c1):
+                        if x3[m, r, c] == mx:
+                            gx[m, r, c] = g
+    return gx
+
+
+def register_numba_dispatch():
+    """Register the Numba implementations of the Ops with PyTensor's Numba backend."""
+    from pytensor.link.numba.dispatch.basic import (
+        numba_njit,
+        register_funcify_default_op_cache_key,
+    )
+
+    from deeplearning_tutorials.nnet.conv import Conv2d, Conv2dGradFilters, Conv2dGradInputs
+    from deeplearning_tutorials.nnet.pool import MaxPool2d, MaxPool2dGrad
+
+    # The integer returned with each function salts the cache key: bump it when
+    # the kernel changes so that PyTensor's on-disk cache is not reused stale.
+    _version = 1
+
+    @register_funcify_default_op_cache_key(Conv2d)
+    def numba_funcify_Conv2d(op, node=None, **kwargs):
+        @numba_njit
+        def conv2d(x, w):
+            return conv2d_valid(x, w)
+
+        return conv2d, _version
+
+    @register_funcify_default_op_cache_key(Conv2dGradInputs)
+    def numba_funcify_Conv2dGradInputs(op, node=None, **kwargs):
+        @numba_njit
+        def conv2d_gi(gz, w):
+            return conv2d_grad_inputs(gz, w)
+
+        return conv2d_gi, _version
+
+    @register_funcify_default_op_cache_key(Conv2dGradFilters)
+    def numba_funcify_Conv2dGradFilters(op, node=None, **kwargs):
+        @numba_njit
+        def conv2d_gw(x, gz):
+            return conv2d_grad_filters(x, gz)
+
+        return conv2d_gw, _version
+
+    @register_funcify_default_op_cache_key(MaxPool2d)
+    def numba_funcify_MaxPool2d(op, node=None, **kwargs):
+        wh, ww = op.ws
+        ignore_border = bool(op.ignore_border)
+
+        @numba_njit
+        def max_pool(x):
+            H, W = x.shape[-2], x.shape[-1]
+            x3 = np.ascontiguousarray(x).reshape((-1, H, W))
+            out3 = max_pool_3d(x3, wh, ww, ignore_border)
+            return out3.reshape(x.shape[:-2] + (out3.shape[1], out3.shape[2]))
+
+        return max_pool, _version
+
+    @register_funcify_default_op_cache_key(MaxPool2dGrad)
+    def numba_funcify_MaxPool2dGrad(op, node=None, **kwargs):
+        wh, ww = op.ws
+
+        @numba_njit
+        def max_pool_grad(x, out, gz):
+            H, W = x.shape[-2], x.shape[-1]
+            oh, ow = out.shape[-2], out.shape[-1]
+            x3 = np.ascontiguousarray(x).reshape((-1, H, W))
+            out3 = np.ascontiguousarray(out).reshape((-1, oh, ow))
+            gz3 = np.ascontiguousarray(gz).reshape((-1, oh, ow))
+            gx3 = max_pool_grad_3d(x3, out3, gz3, wh, ww)
+            return gx3.reshape(x.shape)
+
+        return max_pool_grad, _version

@@ -1,0 +1,251 @@
+"""Tests of :func:`deeplearning_tutorials.nnet.conv2d` and its gradient Ops."""
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from pytensor.gradient import verify_grad
+from scipy.signal import convolve2d
+
+from deeplearning_tutorials.nnet import Conv2d, Conv2dGradFilters, Conv2dGradInputs, conv2d
+from deeplearning_tutorials.nnet import numba_kernels
+from deeplearning_tutorials.nnet.conv import (
+    conv2d_grad_filters_numpy,
+    conv2d_grad_inputs_numpy,
+    conv2d_valid_numpy,
+)
+
+RTOL = {"float32": 1e-5, "float64": 1e-12}
+ATOL = {"float32": 1e-5, "float64": 1e-12}
+
+
+def scipy_conv(x, w):
+    """The oracle: Theano's conv2d is a sum over input maps of scipy's true convolution."""
+    B, C = x.shape[:2]
+    F = w.shape[0]
+    return np.array(
+        [[sum(convolve2d(x[b, c], w[f, c], "valid") for c in range(C)) for f in range(F)] for b in range(B)]
+    )
+
+
+def numeric_grads(x, w, gz):
+    """Gradients of sum(gz * conv(x, w)) by linearity: one oracle call per unit input."""
+    gx = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[idx] = 1
+        gx[idx] = (scipy_conv(e, w) * gz).sum()
+    gw = np.zeros_like(w)
+    for idx in np.ndindex(w.shape):
+        e = np.zeros_like(w)
+        e[idx] = 1
+        gw[idx] = (scipy_conv(x, e) * gz).sum()
+    return gx, gw
+
+
+def data(rng, xs, ws, dtype="float64"):
+    return rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+
+
+SHAPES = [
+    ((2, 1, 7, 9), (3, 1, 3, 2)),
+    ((3, 2, 7, 9), (4, 2, 3, 2)),
+    ((1, 3, 5, 5), (2, 3, 5, 5)),  # filter as large as the image: 1x1 output
+    ((2, 2, 6, 4), (1, 2, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("xs,ws", SHAPES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_kernels_match_scipy(xs, ws, dtype):
+    rng = np.random.default_rng(0)
+    x, w = data(rng, xs, ws, dtype)
+    ref = scipy_conv(x.astype("float64"), w.astype("float64"))
+    for fn in (conv2d_valid_numpy, numba_kernels.conv2d_valid):
+        out = fn(x, w)
+        assert out.dtype == dtype and out.shape == ref.shape
+        np.testing.assert_allclose(out, ref, rtol=RTOL[dtype], atol=ATOL[dtype])
+
+
+@pytest.mark.parametrize("xs,ws", SHAPES[:3])
+def test_kernel_gradients_match_numeric_oracle(xs, ws):
+    rng = np.random.default_rng(1)
+    x, w = data(rng, xs, ws)
+    gz = rng.standard_normal(scipy_conv(x, w).shape)
+    gx_ref, gw_ref = numeric_grads(x, w, gz)
+    for gi, gw in (
+        (conv2d_grad_inputs_numpy, conv2d_grad_filters_numpy),
+        (numba_kernels.conv2d_grad_inputs, numba_kernels.conv2d_grad_filters),
+    ):
+        np.testing.assert_allclose(gi(gz, w), gx_ref, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(gw(x, gz), gw_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_numba_kernels_chunk_the_batch():
+    # A batch big enough to need several chunks, with an uneven last chunk.
+    rng = np.random.default_rng(2)
+    xs, ws = (37, 3, 30, 30), (4, 3, 5, 5)
+    per_image = 26 * 26 * 75
+    assert numba_kernels._chunk_size(37, 26 * 26, 75) < 37, "test must exercise chunking"
+    x, w = data(rng, xs, ws)
+    out = numba_kernels.conv2d_valid(x, w)
+    np.testing.assert_allclose(out, conv2d_valid_numpy(x, w), rtol=1e-12, atol=1e-12)
+    gz = rng.standard_normal(out.shape)
+    np.testing.assert_allclose(
+        numba_kernels.conv2d_grad_inputs(gz, w), conv2d_grad_inputs_numpy(gz, w), rtol=1e-12, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        numba_kernels.conv2d_grad_filters(x, gz), conv2d_grad_filters_numpy(x, gz), rtol=1e-12, atol=1e-11
+    )
+    assert per_image > 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_conv2d_graph_matches_scipy(dtype):
+    rng = np.random.default_rng(3)
+    x, w = data(rng, (3, 2, 7, 9), (4, 2, 3, 2), dtype)
+    xv, wv = pt.tensor4("x", dtype=dtype), pt.tensor4("w", dtype=dtype)
+    out = conv2d(xv, wv)
+    assert out.dtype == dtype
+    f = pytensor.function([xv, wv], out, mode="NUMBA")
+    np.testing.assert_allclose(f(x, w), scipy_conv(x.astype("float64"), w.astype("float64")), rtol=RTOL[dtype], atol=ATOL[dtype])
+
+
+def test_verify_grad():
+    rng = np.random.default_rng(4)
+    x, w = data(rng, (2, 2, 6, 5), (3, 2, 3, 2))
+    verify_grad(lambda a, b: conv2d(a, b), [x, w], rng=np.random.default_rng(5), mode="NUMBA")
+    verify_grad(lambda a, b: conv2d(a, b), [x, w], rng=np.random.default_rng(5), mode="FAST_COMPILE")
+
+
+def test_grad_matches_numeric_oracle_through_graph():
+    rng = np.random.default_rng(6)
+    x, w = data(rng, (2, 2, 6, 5), (3, 2, 3, 2))
+    gz = rng.standard_normal((2, 3, 4, 4))
+    xv, wv = pt.tensor4("x"), pt.tensor4("w")
+    cost = (conv2d(xv, wv) * pt.constant(gz)).sum()
+    f = pytensor.function([xv, wv], pytensor.grad(cost, [xv, wv]), mode="NUMBA")
+    gx, gw = f(x, w)
+    gx_ref, gw_ref = numeric_grads(x, w, gz)
+    np.testing.assert_allclose(gx, gx_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gw, gw_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_second_order_grad_ops():
+    # The gradient Ops are bilinear and differentiable themselves.
+    rng = np.random.default_rng(7)
+    gz, w = data(rng, (2, 3, 4, 4), (3, 2, 3, 2))
+    x = rng.standard_normal((2, 2, 6, 5))
+    verify_grad(lambda a, b: Conv2dGradInputs()(a, b), [gz, w], rng=rng, mode="FAST_COMPILE")
+    verify_grad(lambda a, b: Conv2dGradFilters()(a, b), [x, gz], rng=rng, mode="FAST_COMPILE")
+
+
+def test_static_shapes_and_infer_shape():
+    x = pt.tensor4("x")
+    w = pt.tensor4("w")
+    out = conv2d(x, w, filter_shape=(20, 1, 5, 5), image_shape=(500, 1, 28, 28))
+    assert out.type.shape == (500, 20, 24, 24)
+    out2 = conv2d(x, w, filter_shape=(50, 20, 5, 5), input_shape=(None, 20, 12, 12))
+    assert out2.type.shape == (None, 50, 8, 8)
+    # Shape inference: the shape graph must not need the convolution itself.
+    z = conv2d(x, w)
+    shape_fn = pytensor.function([x, w], z.shape, mode="FAST_RUN")
+    assert not any(isinstance(n.op, Conv2d) for n in shape_fn.maker.fgraph.toposort())
+    assert tuple(shape_fn(np.zeros((3, 2, 9, 7)), np.zeros((5, 2, 4, 3)))) == (3, 5, 6, 5)
+    assert tuple(z.shape.eval({x: np.zeros((3, 2, 9, 7)), w: np.zeros((5, 2, 4, 3))})) == (3, 5, 6, 5)
+    # Static input shapes propagate without declarations.
+    xs = pt.tensor("xs", shape=(4, 3, 10, 11))
+    ws = pt.tensor("ws", shape=(6, 3, 3, 4))
+    assert conv2d(xs, ws).type.shape == (4, 6, 8, 8)
+    gx, gw = pytensor.grad(conv2d(xs, ws).sum(), [xs, ws])
+    assert gx.type.shape == (4, 3, 10, 11) and gw.type.shape == (6, 3, 3, 4)
+
+
+def test_declared_shape_is_checked_at_runtime():
+    x, w = pt.tensor4("x"), pt.tensor4("w")
+    f = pytensor.function([x, w], conv2d(x, w, filter_shape=(2, 1, 3, 3)), mode="NUMBA")
+    f(np.zeros((1, 1, 5, 5)), np.zeros((2, 1, 3, 3)))
+    with pytest.raises(Exception):
+        f(np.zeros((1, 1, 5, 5)), np.zeros((2, 1, 2, 2)))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(filter_shape=(2, 3, 3, 3), input_shape=(1, 2, 5, 5)), "feature maps"),
+        (dict(filter_shape=(2, 1, 6, 3), input_shape=(1, 1, 5, 5)), "exceeds"),
+        (dict(filter_shape=(2, 1, 3), input_shape=(1, 1, 5, 5)), "4 entries"),
+        (dict(filter_shape=(2, 1, 0, 3)), "positive"),
+        (dict(input_shape=(1, 1, 5, 5), image_shape=(2, 1, 5, 5)), "legacy"),
+        (dict(border_mode="full"), "valid"),
+        (dict(subsample=(2, 2)), "subsample"),
+    ],
+)
+def test_inconsistent_declarations_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        conv2d(pt.tensor4("x"), pt.tensor4("w"), **kwargs)
+
+
+def test_declaration_contradicting_static_shape_raises():
+    w = pytensor.shared(np.zeros((2, 1, 3, 3)), shape=(2, 1, 3, 3))
+    with pytest.raises(ValueError, match="static shape"):
+        conv2d(pt.tensor4("x"), w, filter_shape=(2, 1, 5, 5))
+    x = pt.tensor("x", shape=(None, 3, 8, 8))
+    with pytest.raises(ValueError, match="feature maps"):
+        conv2d(x, pt.tensor4("w"), filter_shape=(2, 1, 3, 3))
+    with pytest.raises(ValueError, match="4-D"):
+        conv2d(pt.matrix("x"), pt.tensor4("w"))
+
+
+def test_mixed_dtypes_upcast():
+    x = pt.tensor4("x", dtype="float32")
+    w = pt.tensor4("w", dtype="float64")
+    assert conv2d(x, w).dtype == "float64"
+
+
+def _small_graph(dtype, ignore_border):
+    from deeplearning_tutorials.nnet import pool_2d
+
+    x, w = pt.tensor4("x", dtype=dtype), pt.tensor4("w", dtype=dtype)
+    z = conv2d(x, w)
+    p = pool_2d(z, (2, 2), ignore_border=ignore_border)
+    cost = pt.tanh(p).sum()
+    return [x, w], [z, p, cost, *pytensor.grad(cost, [x, w])]
+
+
+BACKENDS = ["NUMBA", "CVM", "JAX"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("ignore_border", [True, False])
+def test_backend_parity(dtype, ignore_border):
+    rng = np.random.default_rng(8)
+    x, w = data(rng, (3, 2, 9, 8), (4, 2, 3, 2), dtype)
+    inputs, outputs = _small_graph(dtype, ignore_border)
+    ref = pytensor.function(inputs, outputs, mode=pytensor.compile.mode.Mode(linker="py", optimizer="fast_run"))(x, w)
+    for mode in BACKENDS:
+        if mode == "JAX":
+            pytest.importorskip("jax")
+        got = pytensor.function(inputs, outputs, mode=mode)(x, w)
+        for a, b in zip(got, ref):
+            a = np.asarray(a)
+            # PyTensor's JAX backend hands 0-d results back as float64 scalars.
+            if not (mode == "JAX" and a.ndim == 0):
+                assert a.dtype == b.dtype, mode
+            np.testing.assert_allclose(a, b, rtol=10 * RTOL[dtype], atol=10 * ATOL[dtype], err_msg=mode)
+
+
+def test_realistic_lenet_shapes():
+    # LeNet5 layer1 at a reduced batch: (b, 20, 12, 12) * (50, 20, 5, 5).
+    rng = np.random.default_rng(9)
+    x, w = data(rng, (40, 20, 12, 12), (50, 20, 5, 5))
+    gz = rng.standard_normal((40, 50, 8, 8))
+    ref = conv2d_valid_numpy(x, w)
+    np.testing.assert_allclose(ref[:2], scipy_conv(x[:2], w), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(numba_kernels.conv2d_valid(x, w), ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        numba_kernels.conv2d_grad_inputs(gz, w), conv2d_grad_inputs_numpy(gz, w), rtol=1e-12, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        numba_kernels.conv2d_grad_filters(x, gz), conv2d_grad_filters_numpy(x, gz), rtol=1e-11, atol=1e-11
+    )
