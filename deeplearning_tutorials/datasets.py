@@ -309,10 +309,16 @@ def _download(urls, final, verify, progressbar=None):
 
     if progressbar is None:
         progressbar = sys.stderr.isatty()
-    final.parent.mkdir(parents=True, exist_ok=True)
     failures = []
     for url in urls:
-        fd, tmp = tempfile.mkstemp(prefix=final.name + ".", suffix=".part", dir=final.parent)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=final.name + ".", suffix=".part", dir=final.parent)
+        except OSError as exc:
+            raise DatasetError(
+                f"{final.name}: cannot write to {final.parent} ({_one_line(exc)}); "
+                f"set ${DATA_ENV} to a writable folder"
+            ) from None
         os.close(fd)
         tmp = Path(tmp)
         if progressbar:
@@ -520,6 +526,8 @@ def read_idx(path, kind):
     DatasetError
         On a missing or damaged file, a wrong magic number, dimensions, byte count or label.
     """
+    if kind not in ("images", "labels"):
+        raise ValueError(f"kind must be 'images' or 'labels', not {kind!r}")
     path = Path(path)
     label = path.name
     data = _read_bytes(path)
@@ -622,7 +630,9 @@ def _safe_dtype(obj, align=False, copy=False):
     dtype = np.dtype(obj)
     if dtype.kind not in "biuf" or dtype.fields is not None:
         raise pickle.UnpicklingError(f"dtype {obj!r} is not a plain numeric type")
-    return np.dtype(obj, align, copy)
+    # Always a copy: the pickle's BUILD step then sets the state of this copy, never that of
+    # numpy's shared builtin dtype.
+    return np.dtype(obj, bool(align), True)
 
 
 _ALLOWED_GLOBALS = {
