@@ -598,3 +598,36 @@ def test_fetch_command_idx(tmp_path, server):
 def test_fetch_command_bad_format_exits_with_usage(tmp_path):
     result = _run_fetch(["--format", "csv"], {datasets.DATA_ENV: str(tmp_path)})
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_fetch_keeps_a_genuine_file_without_downloading(tmp_path, mnist_pkl, refused):
+    (tmp_path / "mnist.pkl.gz").symlink_to(mnist_pkl)
+    assert datasets.fetch("pkl", tmp_path, mirrors=[refused]) == [tmp_path / "mnist.pkl.gz"]
+
+
+def test_progress_bar_goes_to_stderr(isolated, server, capsys):
+    name = "t10k-labels-idx1-ubyte"
+    path = datasets._download(
+        [f"{server.url}/missing/{name}.gz", f"{server.url}/good/{name}.gz"],
+        isolated.cache / (name + ".gz"),
+        datasets._verify_idx(name),
+        progressbar=True,
+    )
+    out, err = capsys.readouterr()
+    assert out == "" and "HTTP 404" in err and f"Downloading {name}.gz from" in err
+    assert path.read_bytes() == server.files[name + ".gz"]
+
+
+@pytest.mark.parametrize("ci, outcome", [("", "1 skipped"), ("1", "1 error")])
+def test_missing_real_data_skips_or_fails_under_ci(tmp_path, ci, outcome):
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env["DEEPLEARNING_TUTORIALS_MNIST"] = str(tmp_path / "absent" / "mnist")
+    if ci:
+        env["CI"] = ci
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         f"{__file__}::test_pkl_and_idx_give_bit_identical_arrays"],
+        capture_output=True, text=True, env=env, timeout=120, cwd=Path(__file__).parents[1],
+    )
+    assert outcome in result.stdout, result.stdout
+    assert result.returncode == (1 if ci else 0)
