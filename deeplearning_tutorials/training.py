@@ -20,11 +20,177 @@ The decisions are the original's, line for line:
   set is scored at every new best;
 * after that check, ``patience <= iter`` ends the run, in the middle of an
   epoch if need be; the outer loop also stops after ``n_epochs``.
+
+Around that loop the port adds what the original lacked (see the porting
+ledger): arguments checked before anything compiles (:func:`check_arguments`,
+:func:`check_batches`), the best parameters kept in an ``.npz`` file at each
+new best, an atomic checkpoint at the end of every epoch that a killed run
+resumes from bit for bit, a stop with :class:`Diverged` when the cost is no
+longer finite, a live progress line on an interactive terminal, and a results
+dictionary (:func:`results`).
 """
 
 import dataclasses
+import json
+import math
+import numbers
+import os
+import sys
+import time
+import zipfile
+import zlib
 
 import numpy as np
+
+#: checkpoint and parameter files written by this version
+FORMAT = 1
+
+
+class ArgumentError(ValueError):
+    """A tutorial was given an argument that makes no sense (a negative batch size...)."""
+
+
+class Diverged(ValueError):
+    """The training cost stopped being a finite number.
+
+    Attributes
+    ----------
+    iteration : int
+        The zero-based iteration whose ``train_model`` call returned ``cost``.
+    cost : float
+        The offending cost (``nan`` or ``inf``).
+    """
+
+    def __init__(self, message, iteration, cost):
+        super().__init__(message)
+        self.iteration = iteration
+        self.cost = cost
+
+
+# --------------------------------------------------------------------------
+# Arguments
+# --------------------------------------------------------------------------
+
+#: arguments that must be whole numbers of at least one
+_POSITIVE_INTS = ("n_epochs", "batch_size", "n_hidden", "n")
+#: arguments that must be finite and not negative
+_NON_NEGATIVE_REALS = ("L1_reg", "L2_reg")
+#: how many convolutional layers LeNet5 has, hence how many ``nkerns``
+N_CONV_LAYERS = 2
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_arguments(arguments):
+    """Refuse nonsense tutorial arguments before anything is compiled.
+
+    Parameters
+    ----------
+    arguments : dict
+        A tutorial function's arguments by name (the lessons pass
+        ``locals()`` as their first statement).  The names checked are those
+        of the three tutorials: ``learning_rate``, ``n_epochs``,
+        ``batch_size``, ``n_hidden``, ``nkerns``, ``L1_reg``, ``L2_reg``,
+        ``dataset``, ``save_best``, ``checkpoint``, ``resume``, ``quiet``;
+        others pass unchecked.
+
+    Returns
+    -------
+    dict
+        A copy of ``arguments`` (``nkerns`` as a list of ``int``), which the
+        lessons hand to :func:`patience_loop` to tie checkpoints to a setting.
+
+    Raises
+    ------
+    ArgumentError
+        Naming the first argument that makes no sense, and why.
+    """
+    checked = dict(arguments)
+    if "learning_rate" in checked:
+        value = checked["learning_rate"]
+        if not (_is_real(value) and math.isfinite(value) and value > 0):
+            raise ArgumentError(
+                f"learning_rate must be a positive finite number, not {value!r}"
+            )
+    for name in _POSITIVE_INTS:
+        if name in checked:
+            value = checked[name]
+            if not (_is_int(value) and value >= 1):
+                raise ArgumentError(f"{name} must be a whole number of at least 1, not {value!r}")
+    for name in _NON_NEGATIVE_REALS:
+        if name in checked:
+            value = checked[name]
+            if not (_is_real(value) and math.isfinite(value) and value >= 0):
+                raise ArgumentError(f"{name} must be a finite number >= 0, not {value!r}")
+    if "nkerns" in checked:
+        value = checked["nkerns"]
+        if (
+            isinstance(value, (str, bytes))
+            or not hasattr(value, "__len__")
+            or len(value) != N_CONV_LAYERS
+            or not all(_is_int(k) and k >= 1 for k in value)
+        ):
+            raise ArgumentError(
+                f"nkerns must be {N_CONV_LAYERS} whole numbers of at least 1 "
+                f"(kernels of each convolutional layer), not {value!r}"
+            )
+        checked["nkerns"] = [int(k) for k in value]
+    if "dataset" in checked:
+        value = checked["dataset"]
+        if isinstance(value, (str, os.PathLike)):
+            if not os.fspath(value):
+                raise ArgumentError("dataset must name a file or folder, not ''")
+        elif not (isinstance(value, (tuple, list)) and len(value) == 3):
+            raise ArgumentError(
+                "dataset must be a path or the three (x, y) pairs train, valid, test, "
+                f"not {type(value).__name__}"
+            )
+    for name in ("save_best", "checkpoint"):
+        value = checked.get(name)
+        if value is not None and not (
+            isinstance(value, (str, os.PathLike)) and os.fspath(value)
+        ):
+            raise ArgumentError(f"{name} must be a file path or None, not {value!r}")
+    for name in ("resume", "quiet"):
+        if name in checked and not isinstance(checked[name], (bool, np.bool_)):
+            raise ArgumentError(f"{name} must be True or False, not {checked[name]!r}")
+    if checked.get("resume") and checked.get("checkpoint") is None:
+        raise ArgumentError("resume needs a checkpoint path to resume from")
+    return checked
+
+
+def check_batches(batch_size, train_set_x, valid_set_x, test_set_x):
+    """Refuse a batch size that leaves a set without a single minibatch.
+
+    Parameters
+    ----------
+    batch_size : int
+        Number of examples per minibatch.
+    train_set_x, valid_set_x, test_set_x : shared variable or array
+        The three sets' images (anything with ``get_value`` or ``shape``).
+
+    Raises
+    ------
+    ArgumentError
+        When a set holds fewer than ``batch_size`` examples.
+    """
+    for name, data in (("training", train_set_x), ("validation", valid_set_x), ("test", test_set_x)):
+        n = (data.get_value(borrow=True) if hasattr(data, "get_value") else data).shape[0]
+        if n < batch_size:
+            raise ArgumentError(
+                f"batch_size {batch_size} is larger than the {name} set ({n} examples)"
+            )
+
+
+# --------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -47,6 +213,12 @@ class LoopState:
     last_validation_loss: float = np.nan
     #: the cost returned by the last call of ``train_model``
     last_cost: float = np.nan
+    #: minibatches trained on so far, over all resumed pieces of the run
+    iterations: int = 0
+    #: seconds spent in the loop so far, over all resumed pieces of the run
+    elapsed: float = 0.0
+    #: ``[iter + 1, validation error]`` at every validation, for plotting
+    validation_curve: list = dataclasses.field(default_factory=list)
 
     def as_dict(self):
         return dataclasses.asdict(self)
@@ -73,6 +245,40 @@ class Events:
     def epoch_end(self, state):
         """Called after the last minibatch of an epoch (not after an early stop)."""
 
+    def finished(self, state):
+        """Called once when the loop ends normally (early stop or ``n_epochs``)."""
+
+
+class Chain(Events):
+    """Call several :class:`Events` in turn, in the order given."""
+
+    def __init__(self, *events):
+        self.events = [e for e in events if e is not None]
+
+    def before_train(self, *args):
+        for e in self.events:
+            e.before_train(*args)
+
+    def after_train(self, *args):
+        for e in self.events:
+            e.after_train(*args)
+
+    def validated(self, *args):
+        for e in self.events:
+            e.validated(*args)
+
+    def new_best(self, *args):
+        for e in self.events:
+            e.new_best(*args)
+
+    def epoch_end(self, *args):
+        for e in self.events:
+            e.epoch_end(*args)
+
+    def finished(self, *args):
+        for e in self.events:
+            getattr(e, "finished", lambda state: None)(*args)
+
 
 def patience_loop(
     train_model,
@@ -87,6 +293,13 @@ def patience_loop(
     improvement_threshold=0.995,
     events=None,
     state=None,
+    *,
+    params=None,
+    save_best=None,
+    checkpoint=None,
+    resume=False,
+    quiet=False,
+    settings=None,
 ):
     """Run the original tutorials' early-stopping loop.
 
@@ -106,20 +319,71 @@ def patience_loop(
     improvement_threshold : float
         A relative improvement below this factor counts as significant.
     events : Events, optional
-        Hooks for printing, checkpoints and progress bars.
+        Hooks for printing.
     state : LoopState, optional
         Where to resume from; a fresh run starts from ``LoopState(patience)``.
+    params : list of shared variables, optional
+        The model's parameters (anything with ``get_value``/``set_value``);
+        needed by ``save_best`` and ``checkpoint``.
+    save_best : str or os.PathLike, optional
+        Where to write the parameters (:func:`save_params`) at each new best.
+    checkpoint : str or os.PathLike, optional
+        Where to write a checkpoint (:func:`write_checkpoint`) after every
+        epoch and at the end.
+    resume : bool
+        Start from ``checkpoint`` when that file exists (a fresh run
+        otherwise): parameters and loop state are restored, and the run ends
+        exactly as an uninterrupted one would.
+    quiet : bool
+        No live progress line on standard error (there is none anyway when
+        standard error is not a terminal).
+    settings : dict, optional
+        The run's arguments (from :func:`check_arguments`); a checkpoint
+        records them and refuses to resume a run whose settings differ.
 
     Returns
     -------
     LoopState
         The final state: ``best_validation_loss``, ``best_iter`` (zero-based),
-        ``test_score``, ``epoch`` and ``done_looping``.
+        ``test_score``, ``epoch``, ``iterations``, ``validation_curve``...
+
+    Raises
+    ------
+    Diverged
+        When ``train_model`` returns a cost that is not finite.  The best
+        parameters written so far stay in ``save_best``, and the checkpoint
+        stays at the last finished epoch.
     """
-    events = events or Events()
+    if (save_best is not None or checkpoint is not None) and params is None:
+        raise ArgumentError("save_best and checkpoint need the model's params")
+    if resume and checkpoint is not None and os.path.exists(checkpoint):
+        state = read_checkpoint(checkpoint, params, settings)
     if state is None:
         state = LoopState(patience=patience)
     validation_frequency = min(n_train_batches, patience // 2)
+
+    progress = None
+    if not quiet and _is_terminal(sys.stderr):
+        progress = Progress(n_epochs, n_train_batches)
+        if hasattr(events, "before_print"):
+            events.before_print = progress.clear
+    events = Chain(progress, events)
+
+    def keep_best():
+        if save_best is not None:
+            save_params(save_best, params, settings=settings, state=state)
+
+    def keep_checkpoint():
+        if checkpoint is not None:
+            try:
+                check_finite(params, state)
+            except Diverged:
+                events.finished(state)
+                raise
+            write_checkpoint(checkpoint, params, state, settings)
+
+    segment_start = time.perf_counter()
+    elapsed_before = state.elapsed
 
     # A resumed state may stop in the middle of an epoch: ``next_minibatch``
     # says where.  A fresh one starts the first epoch at minibatch 0.
@@ -131,8 +395,14 @@ def patience_loop(
             iter = (epoch - 1) * n_train_batches + minibatch_index
             events.before_train(iter, state)
             cost = train_model(minibatch_index)
-            state.last_cost = float(cost)
+            cost = float(cost)
+            if not math.isfinite(cost):
+                events.finished(state)  # clears a progress line
+                raise _diverged(iter, cost, epoch, minibatch_index, n_train_batches, state, save_best, settings)
+            state.last_cost = cost
             state.next_minibatch = minibatch_index + 1
+            state.iterations += 1
+            state.elapsed = elapsed_before + time.perf_counter() - segment_start
             events.after_train(iter, cost, state)
 
             if (iter + 1) % validation_frequency == 0:
@@ -141,6 +411,7 @@ def patience_loop(
                     np.mean([validate_model(i) for i in range(n_valid_batches)])
                 )
                 state.last_validation_loss = this_validation_loss
+                state.validation_curve.append([iter + 1, this_validation_loss])
                 events.validated(
                     epoch, minibatch_index + 1, n_train_batches, this_validation_loss, state
                 )
@@ -158,6 +429,7 @@ def patience_loop(
                     state.test_score = float(
                         np.mean([test_model(i) for i in range(n_test_batches)])
                     )
+                    keep_best()
                     events.new_best(
                         epoch, minibatch_index + 1, n_train_batches, state.test_score, state
                     )
@@ -167,8 +439,348 @@ def patience_loop(
                 break
         else:
             state.next_minibatch = 0
+            state.elapsed = elapsed_before + time.perf_counter() - segment_start
+            keep_checkpoint()
             events.epoch_end(state)
+    state.elapsed = elapsed_before + time.perf_counter() - segment_start
+    if state.done_looping:
+        # The run stopped in the middle of an epoch: keep where it ended, so
+        # that resuming a finished run changes nothing.
+        keep_checkpoint()
+    events.finished(state)
     return state
+
+
+def _diverged(iter, cost, epoch, minibatch_index, n_train_batches, state, save_best, settings):
+    learning_rate = (settings or {}).get("learning_rate")
+    hint = f"; try a learning rate below {learning_rate}" if learning_rate is not None else ""
+    if save_best is None:
+        kept = "no parameters were saved (save_best is None)"
+    elif state.best_validation_loss < np.inf:
+        kept = (
+            f"the best parameters so far (validation error "
+            f"{state.best_validation_loss * 100.0:f} %) are in {os.fspath(save_best)}"
+        )
+    else:
+        kept = "no model was validated yet, so none was saved"
+    return Diverged(
+        f"training diverged: the cost is {cost} at iteration {iter} "
+        f"(epoch {epoch}, minibatch {minibatch_index + 1}/{n_train_batches}){hint}; {kept}",
+        iteration=iter,
+        cost=cost,
+    )
+
+
+def check_finite(params, state):
+    """Raise :class:`Diverged` if a parameter holds ``nan`` or ``inf``.
+
+    The cost is computed before the update, so a last step can leave
+    non-finite parameters behind a finite cost; a checkpoint must not keep them.
+    """
+    for p in params or ():
+        if not np.all(np.isfinite(p.get_value(borrow=True))):
+            iter = state.iterations - 1
+            raise Diverged(
+                f"training diverged: the parameters are no longer finite after iteration {iter}",
+                iteration=iter,
+                cost=state.last_cost,
+            )
+
+
+def results(state, **extra):
+    """The dictionary a tutorial function returns.
+
+    Parameters
+    ----------
+    state : LoopState
+        The loop's final state.
+    **extra
+        Added as they are (the lessons add ``mode`` and ``floatX``).
+
+    Returns
+    -------
+    dict
+        ``best_validation_loss`` and ``test_score`` (fractions),
+        ``best_iter`` (the 1-based iteration the original prints), ``epochs``,
+        ``iterations``, ``elapsed`` (seconds in the loop, over all resumed
+        pieces), ``validation_curve`` (list of ``(iteration, error)``), then
+        ``extra``.
+    """
+    out = {
+        "best_validation_loss": float(state.best_validation_loss),
+        "test_score": float(state.test_score),
+        "best_iter": int(state.best_iter) + 1,
+        "epochs": int(state.epoch),
+        "iterations": int(state.iterations),
+        "elapsed": float(state.elapsed),
+        "validation_curve": [(int(i), float(e)) for i, e in state.validation_curve],
+    }
+    if "mode" in extra:
+        # PyTensor 3's default mode is the Numba one; its name is just "Mode"
+        extra["mode"] = "NUMBA" if str(extra["mode"]) == "Mode" else str(extra["mode"])
+    out.update(extra)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Parameters and checkpoints on disk: .npz only, never pickle
+# --------------------------------------------------------------------------
+
+
+def _plain(value):
+    """``value`` as something JSON writes (datasets given as arrays become a digest)."""
+    if isinstance(value, (str, bool, type(None))) or _is_int(value) or _is_real(value):
+        return value.item() if isinstance(value, np.generic) else value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.ndarray):
+        return {
+            "shape": list(value.shape),
+            "dtype": str(value.dtype),
+            "crc32": zlib.crc32(np.ascontiguousarray(value).view(np.uint8)),
+        }
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return repr(value)
+
+
+#: arguments that may change between a run and its resumption
+_RESUMABLE = ("n_epochs", "save_best", "checkpoint", "resume", "quiet", "mode")
+
+
+def _fingerprint(settings):
+    return {k: _plain(v) for k, v in sorted((settings or {}).items()) if k not in _RESUMABLE}
+
+
+def _atomic_savez(path, arrays):
+    """Write ``arrays`` to ``path`` so that a reader sees the old file or the whole new one."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _param_arrays(params):
+    return {f"param_{i:03d}": np.asarray(p.get_value(borrow=True)) for i, p in enumerate(params)}
+
+
+def _json_array(obj):
+    return np.array(json.dumps(obj))
+
+
+def save_params(path, params, settings=None, state=None):
+    """Write the model's parameters to an ``.npz`` file, atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write (its name is kept as given, ``.npz`` or not).
+    params : list of shared variables
+        Saved in order as ``param_000``, ``param_001``...
+    settings : dict, optional
+        The run's arguments, recorded in the ``meta`` entry.
+    state : LoopState, optional
+        Its best scores are recorded in ``meta`` too.
+    """
+    meta = {
+        "format": FORMAT,
+        "names": [getattr(p, "name", None) for p in params],
+        "settings": _fingerprint(settings),
+    }
+    if state is not None:
+        meta.update(
+            best_validation_loss=float(state.best_validation_loss),
+            best_iter=int(state.best_iter) + 1,
+            test_score=float(state.test_score),
+        )
+    arrays = _param_arrays(params)
+    arrays["meta"] = _json_array(meta)
+    _atomic_savez(path, arrays)
+
+
+def load_params(path):
+    """Read a file written by :func:`save_params` (or a checkpoint).
+
+    Returns
+    -------
+    arrays : list of numpy.ndarray
+        The parameters, in the order they were saved.
+    meta : dict
+        What :func:`save_params` recorded beside them.
+    """
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as data:
+            keys = sorted(k for k in data.files if k.startswith("param_"))
+            arrays = [data[k] for k in keys]
+            meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ArgumentError(f"cannot read parameters from {os.fspath(path)}: {exc}") from None
+    if not arrays:
+        raise ArgumentError(f"{os.fspath(path)} holds no parameters")
+    return arrays, meta
+
+
+def load_into(path, params):
+    """Set ``params`` to the arrays saved in ``path``, cast to their dtypes.
+
+    Raises
+    ------
+    ArgumentError
+        When the file holds another number of parameters, or other shapes.
+    """
+    arrays, _ = load_params(path)
+    if len(arrays) != len(params):
+        raise ArgumentError(
+            f"{os.fspath(path)} holds {len(arrays)} parameters, the model has {len(params)}"
+        )
+    for p, a in zip(params, arrays):
+        current = p.get_value(borrow=True)
+        if a.shape != current.shape:
+            raise ArgumentError(
+                f"{os.fspath(path)} holds a {a.shape} parameter where the model has {current.shape}"
+            )
+        p.set_value(a.astype(current.dtype))
+
+
+def write_checkpoint(path, params, state, settings=None):
+    """Write parameters and loop state to ``path`` atomically.
+
+    The file is an ``.npz``: ``param_000``... and a ``meta`` entry holding
+    the JSON of the :class:`LoopState` and of the run's settings.  It is
+    first written beside ``path`` and then moved over it, so a run killed at
+    any moment leaves either the previous checkpoint or the new one.
+    """
+    meta = {
+        "format": FORMAT,
+        "state": state.as_dict(),
+        "settings": _fingerprint(settings),
+    }
+    arrays = _param_arrays(params)
+    arrays["meta"] = _json_array(meta)
+    _atomic_savez(path, arrays)
+
+
+def read_checkpoint(path, params, settings=None):
+    """Restore ``params`` from a checkpoint and return its :class:`LoopState`.
+
+    Raises
+    ------
+    ArgumentError
+        When the checkpoint belongs to another model or another setting
+        (only ``n_epochs`` and the output options may change on resume).
+    """
+    arrays, meta = load_params(path)
+    if "state" not in meta:
+        raise ArgumentError(f"{os.fspath(path)} is not a checkpoint")
+    recorded, wanted = meta.get("settings", {}), _fingerprint(settings)
+    for key in sorted(set(recorded) | set(wanted)):
+        if recorded.get(key) != wanted.get(key):
+            raise ArgumentError(
+                f"{os.fspath(path)} was written by a run with {key}={recorded.get(key)!r}, "
+                f"not {wanted.get(key)!r}; start afresh or use another checkpoint"
+            )
+    params = params or []
+    if len(arrays) != len(params):
+        raise ArgumentError(
+            f"{os.fspath(path)} holds {len(arrays)} parameters, the model has {len(params)}"
+        )
+    for p, a in zip(params, arrays):
+        current = p.get_value(borrow=True)
+        if a.shape != current.shape or a.dtype != current.dtype:
+            raise ArgumentError(
+                f"{os.fspath(path)} holds a {a.dtype} {a.shape} parameter where the model has "
+                f"{current.dtype} {current.shape} (another floatX or model?)"
+            )
+    for p, a in zip(params, arrays):
+        p.set_value(a, borrow=False)
+    return LoopState(**meta["state"])
+
+
+# --------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------
+
+
+def _is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _clock(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress(Events):
+    """A live progress line on standard error: throughput and time left.
+
+    It redraws one line (``\\r``) at most ten times a second and clears it
+    before the tutorial prints, so the printed lines stay whole.  The time
+    left runs to the end of the current patience or of ``n_epochs``,
+    whichever comes first; a new best may extend it.
+    """
+
+    def __init__(self, n_epochs, n_train_batches, stream=None, interval=0.1):
+        self.n_epochs = n_epochs
+        self.n_train_batches = n_train_batches
+        self.stream = stream or sys.stderr
+        self.interval = interval
+        self.start = None
+        self.start_iterations = 0
+        self.last_draw = 0.0
+        self.shown = False
+
+    def line(self, state, now):
+        done = state.iterations - self.start_iterations
+        rate = done / (now - self.start) if now > self.start else 0.0
+        total = min(self.n_epochs * self.n_train_batches, state.patience + 1)
+        left = max(total - state.iterations, 0)
+        eta = _clock(left / rate) if rate > 0 else "?"
+        best = (
+            f"best {state.best_validation_loss * 100.0:.2f} %"
+            if state.best_validation_loss < np.inf
+            else "best -"
+        )
+        return (
+            f"epoch {state.epoch}/{self.n_epochs} minibatch "
+            f"{state.next_minibatch}/{self.n_train_batches} | {rate:.1f} minibatches/s | "
+            f"{best} | ETA {eta}"
+        )
+
+    def clear(self):
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = False
+
+    def after_train(self, iter, cost, state):
+        now = time.perf_counter()
+        if self.start is None:
+            # throughput counts from the first finished minibatch, so
+            # compilation and loading stay out of it
+            self.start, self.start_iterations = now, state.iterations
+            return
+        if now - self.last_draw >= self.interval:
+            self.stream.write("\r" + self.line(state, now) + "\x1b[K")
+            self.stream.flush()
+            self.shown = True
+            self.last_draw = now
+
+    def finished(self, state):
+        self.clear()
 
 
 class PrintedLines(Events):
@@ -186,8 +798,12 @@ class PrintedLines(Events):
     def __init__(self, training_every=None, out=None):
         self.training_every = training_every
         self.out = out
+        #: called before each line (a live progress line clears itself here)
+        self.before_print = None
 
     def _print(self, *args):
+        if self.before_print is not None:
+            self.before_print()
         print(*args, file=self.out, flush=True)
 
     def before_train(self, iter, state):
