@@ -7,7 +7,6 @@ are only read; every write goes to ``tmp_path``. Downloads run against a real HT
 
 import gzip
 import hashlib
-import io
 import os
 import pickle
 import pickletools
