@@ -205,7 +205,7 @@ def locate(dataset=PKL_NAME, download=True, mirrors=None):
     """
     path = Path(os.fspath(dataset)).expanduser()
     if path.exists():
-        return path
+        return path.absolute()  # stays valid if the caller changes directory later
     if path.name != str(dataset) or path.name in ("", ".", ".."):
         raise DatasetError(f"{dataset}: no such file or folder")
     name = path.name
