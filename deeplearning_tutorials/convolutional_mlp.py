@@ -29,7 +29,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-from deeplearning_tutorials import training
+from deeplearning_tutorials import cli, training
 from deeplearning_tutorials.flags import with_flags
 from deeplearning_tutorials.logistic_sgd import LogisticRegression, load_data
 from deeplearning_tutorials.mlp import HiddenLayer
@@ -121,6 +121,11 @@ def evaluate_lenet5(
     dataset="mnist.pkl.gz",
     nkerns=[20, 50],
     batch_size=500,
+    *,
+    save_best=None,
+    checkpoint=None,
+    resume=False,
+    quiet=False,
 ):
     """Demonstrates lenet on MNIST dataset
 
@@ -136,12 +141,24 @@ def evaluate_lenet5(
         Number of kernels on each layer.
     batch_size : int
         Number of examples per minibatch.
+    save_best : str or None
+        Where to save the best model's parameters (``.npz``) at each new
+        best; None (the default, as in the original) saves nothing.
+    checkpoint : str or None
+        Where to keep a checkpoint, rewritten after every epoch.
+    resume : bool
+        Continue from ``checkpoint`` when it exists.
+    quiet : bool
+        No live progress line on an interactive terminal.
 
     Returns
     -------
     dict
-        The run's results.
+        The run's results (see :func:`deeplearning_tutorials.training.results`).
     """
+    # Port note: we refuse nonsense arguments before anything is compiled.
+    settings = training.check_arguments(locals())
+
     rng = np.random.RandomState(23455)
 
     datasets = load_data(dataset)
@@ -157,6 +174,7 @@ def evaluate_lenet5(
     n_train_batches //= batch_size
     n_valid_batches //= batch_size
     n_test_batches //= batch_size
+    training.check_batches(batch_size, train_set_x, valid_set_x, test_set_x)
 
     # allocate symbolic variables for the data
     index = pt.lscalar()  # index to a [mini]batch
@@ -281,6 +299,15 @@ def evaluate_lenet5(
         improvement_threshold=0.995,  # a relative improvement of this much is
         # considered significant
         events=training.PrintedLines(training_every=100),
+        # Port note: what the original lacked: the best parameters kept in
+        # an .npz file, checkpoints every epoch, a stop on a cost that is no
+        # longer finite.
+        params=params,
+        save_best=save_best,
+        checkpoint=checkpoint,
+        resume=resume,
+        quiet=quiet,
+        settings=settings,
     )
     end_time = timeit.default_timer()
 
@@ -296,20 +323,39 @@ def evaluate_lenet5(
         + " ran for %.2fm" % ((end_time - start_time) / 60.0),
         file=sys.stderr,
     )
-    return {
-        "best_validation_loss": state.best_validation_loss,
-        "best_iter": state.best_iter + 1,
-        "test_score": state.test_score,
-        "epochs": state.epoch,
-        "elapsed": end_time - start_time,
-        "mode": str(pytensor.config.mode),
-        "floatX": pytensor.config.floatX,
-    }
-
-
-if __name__ == "__main__":
-    evaluate_lenet5()
+    return training.results(
+        state, mode=pytensor.config.mode, floatX=pytensor.config.floatX, save_best=save_best
+    )
 
 
 def experiment(state, channel):
-    evaluate_lenet5(state.learning_rate, dataset=state.dataset)
+    """Run :func:`evaluate_lenet5` for jobman, LISA's experiment dispatcher.
+
+    Parameters
+    ----------
+    state : dict-like
+        jobman's state (a dict whose keys are also attributes).  Every
+        argument of :func:`evaluate_lenet5` it holds is used; the others keep
+        their defaults.  The results (see
+        :func:`deeplearning_tutorials.training.results`) are written back
+        into it.
+    channel : object
+        jobman's channel: ``channel.save()`` (when it has one) persists the
+        state, and ``channel.COMPLETE`` marks the job done.
+
+    Returns
+    -------
+    object
+        ``channel.COMPLETE``.
+    """
+    # Port note: the original forwarded only learning_rate and dataset and
+    # recorded nothing; we forward every argument and record the results.
+    results = evaluate_lenet5(**cli.keywords_from(state, evaluate_lenet5))
+    cli.record(state, results)
+    if hasattr(channel, "save"):
+        channel.save()
+    return getattr(channel, "COMPLETE", None)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.main(evaluate_lenet5))

@@ -25,7 +25,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-from deeplearning_tutorials import training
+from deeplearning_tutorials import cli, training
 from deeplearning_tutorials.flags import with_flags
 from deeplearning_tutorials.logistic_sgd import LogisticRegression, load_data
 
@@ -173,6 +173,11 @@ def test_mlp(
     dataset="mnist.pkl.gz",
     batch_size=20,
     n_hidden=500,
+    *,
+    save_best=None,
+    checkpoint=None,
+    resume=False,
+    quiet=False,
 ):
     """
     Demonstrate stochastic gradient descent optimization for a multilayer
@@ -196,12 +201,24 @@ def test_mlp(
         Number of examples per minibatch.
     n_hidden : int
         Number of hidden units.
+    save_best : str or None
+        Where to save the best model's parameters (``.npz``) at each new
+        best; None (the default, as in the original) saves nothing.
+    checkpoint : str or None
+        Where to keep a checkpoint, rewritten after every epoch.
+    resume : bool
+        Continue from ``checkpoint`` when it exists.
+    quiet : bool
+        No live progress line on an interactive terminal.
 
     Returns
     -------
     dict
-        The run's results.
+        The run's results (see :func:`deeplearning_tutorials.training.results`).
     """
+    # Port note: we refuse nonsense arguments before anything is compiled.
+    settings = training.check_arguments(locals())
+
     datasets = load_data(dataset)
 
     train_set_x, train_set_y = datasets[0]
@@ -212,6 +229,7 @@ def test_mlp(
     n_train_batches = train_set_x.get_value(borrow=True).shape[0] // batch_size
     n_valid_batches = valid_set_x.get_value(borrow=True).shape[0] // batch_size
     n_test_batches = test_set_x.get_value(borrow=True).shape[0] // batch_size
+    training.check_batches(batch_size, train_set_x, valid_set_x, test_set_x)
 
     ######################
     # BUILD ACTUAL MODEL #
@@ -309,6 +327,15 @@ def test_mlp(
         improvement_threshold=0.995,  # a relative improvement of this much is
         # considered significant
         events=training.PrintedLines(),
+        # Port note: what the original lacked: the best parameters kept in
+        # an .npz file, checkpoints every epoch, a stop on a cost that is no
+        # longer finite.
+        params=classifier.params,
+        save_best=save_best,
+        checkpoint=checkpoint,
+        resume=resume,
+        quiet=quiet,
+        settings=settings,
     )
     end_time = timeit.default_timer()
 
@@ -325,16 +352,10 @@ def test_mlp(
         + " ran for %.2fm" % ((end_time - start_time) / 60.0),
         file=sys.stderr,
     )
-    return {
-        "best_validation_loss": state.best_validation_loss,
-        "best_iter": state.best_iter + 1,
-        "test_score": state.test_score,
-        "epochs": state.epoch,
-        "elapsed": end_time - start_time,
-        "mode": str(pytensor.config.mode),
-        "floatX": pytensor.config.floatX,
-    }
+    return training.results(
+        state, mode=pytensor.config.mode, floatX=pytensor.config.floatX, save_best=save_best
+    )
 
 
 if __name__ == "__main__":
-    test_mlp()
+    sys.exit(cli.main(test_mlp))
