@@ -28,8 +28,9 @@ differ, and a static output shape cannot express Python's behaviour:
 
 * Python *clips* at the end, ``x[n - 2:n + 3]`` has 2 rows; the rewritten slice
   *clamps the start* to ``n - length`` and returns the last ``length`` rows;
-* a negative start counts from the end in Python; the rewritten slice clamps it
-  to 0.
+* a negative start counts from the end in both, but Python's stop does not
+  follow (``x[-2:1]`` is empty), while the rewritten slice takes ``length``
+  entries from ``n - 2``, clamped as above.
 
 JAX itself clamps out-of-bounds indices (no exceptions inside ``jit``), so this
 is JAX's convention; :meth:`DynamicSlice.perform` follows it too, so every
@@ -187,6 +188,13 @@ def _as_index_tensor(var: Variable) -> Variable:
     return pt.cast(pt.as_tensor_variable(var), "int64")
 
 
+def _clamped_start(start: int, n: int, length: int) -> int:
+    """The start :func:`jax.lax.dynamic_slice_in_dim` uses: negative from the end, then clamped."""
+    if start < 0:
+        start += n
+    return min(max(start, 0), n - length)
+
+
 class DynamicSlice(Op):
     """``x[start:start + length]`` along ``axis``, with ``length`` fixed at graph build time.
 
@@ -199,8 +207,8 @@ class DynamicSlice(Op):
 
     Notes
     -----
-    The start is clamped to ``[0, n - length]`` as :func:`jax.lax.dynamic_slice_in_dim`
-    does, so the result always has ``length`` entries; this equals Python's
+    A negative start counts from the end, and the start is then clamped to
+    ``[0, n - length]``, as :func:`jax.lax.dynamic_slice_in_dim` does, so the result always has ``length`` entries; this equals Python's
     slice when ``0 <= start <= n - length`` (see the module notes).
     """
 
@@ -229,7 +237,7 @@ class DynamicSlice(Op):
         n = x.shape[self.axis]
         if n < self.length:
             raise IndexError(f"slice length {self.length} exceeds the axis size {n}")
-        begin = min(max(int(start), 0), n - self.length)
+        begin = _clamped_start(int(start), n, self.length)
         index = [slice(None)] * x.ndim
         index[self.axis] = slice(begin, begin + self.length)
         output_storage[0][0] = np.array(x[tuple(index)], copy=True)
@@ -279,7 +287,7 @@ class DynamicIncSlice(Op):
         n = x.shape[self.axis]
         if n < self.length:
             raise IndexError(f"slice length {self.length} exceeds the axis size {n}")
-        begin = min(max(int(start), 0), n - self.length)
+        begin = _clamped_start(int(start), n, self.length)
         index = [slice(None)] * x.ndim
         index[self.axis] = slice(begin, begin + self.length)
         out = np.array(x, copy=True)
