@@ -42,3 +42,6 @@ def _register_backends():
 
 
 _register_backends()
+
+# JAX minibatch slicing, softmax on C, BLAS fallback, device-resident datasets (importable without JAX).
+from deeplearning_tutorials.nnet import jax_givens  # noqa: E402, F401
