@@ -22,7 +22,7 @@ import numpy as np
 import pytensor.tensor as pt
 from numpy.lib.stride_tricks import sliding_window_view
 from pytensor.graph.basic import Apply
-from pytensor.graph.op import Op
+from pytensor.link.c.op import COp
 from pytensor.scalar import upcast
 
 __all__ = ["conv2d", "Conv2d", "Conv2dGradInputs", "Conv2dGradFilters"]
@@ -161,7 +161,7 @@ def _diff_plus_one(a, b):
     return None if a is None or b is None else a - b + 1
 
 
-class _ConvOpBase(Op):
+class _ConvOpBase(COp):
     __props__ = ()
 
     def c_code_cache_version(self):

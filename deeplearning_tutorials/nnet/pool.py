@@ -17,7 +17,7 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.gradient import grad_not_implemented
 from pytensor.graph.basic import Apply
-from pytensor.graph.op import Op
+from pytensor.link.c.op import COp
 
 __all__ = ["pool_2d", "max_pool_2d", "MaxPool2d", "MaxPool2dGrad"]
 
@@ -111,7 +111,7 @@ def _as_pool_input(x):
     return x
 
 
-class MaxPool2d(Op):
+class MaxPool2d(COp):
     """Max pooling over non-overlapping ``ws`` windows of the last two axes.
 
     Parameters
@@ -171,7 +171,7 @@ class MaxPool2d(Op):
         return conv_c.pool_c_code(self, node, name, inputs, outputs, sub)
 
 
-class MaxPool2dGrad(Op):
+class MaxPool2dGrad(COp):
     """Gradient of :class:`MaxPool2d`: inputs ``(x, maxout, gz)``, output ``gx`` like ``x``.
 
     Every input equal to its window's maximum gets the window's ``gz`` (Theano's

@@ -11,7 +11,7 @@ from pytensor.gradient import verify_grad
 from deeplearning_tutorials.nnet import MaxPool2d, MaxPool2dGrad, max_pool_2d, numba_kernels, pool_2d
 from deeplearning_tutorials.nnet.pool import max_pool_grad_numpy, max_pool_numpy
 
-MODES = ["NUMBA", "CVM", "JAX"]
+MODES = ["NUMBA", "CVM", "JAX", "C"]
 
 
 def loop_pool(x, ws, ignore_border):
