@@ -410,6 +410,10 @@ def configure_blas() -> None:
         return
     config = pytensor.config
     param = getattr(config, "_config_var_dict", {}).get("blas__ldflags")
+    if param is not None and not getattr(param, "is_default", True):
+        # PyTensor read a user value (PYTENSOR_FLAGS or .pytensorrc) when it
+        # registered the flag, and dropped it from the flags it still holds.
+        return
     if param is not None and not hasattr(param, "val") and hasattr(param, "_default"):
         if not getattr(param._default, "_deeplearning_tutorials", False):
             param._default = _blas_default_with_fallback(param._default)

@@ -1,0 +1,143 @@
+"""The backend glue: resolve_mode, softmax on the C backend, the BLAS fallback."""
+
+import os
+import subprocess
+import sys
+import sys as _sys
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from pytensor.compile.builders import OpFromGraph
+from pytensor.compile.mode import Mode
+from pytensor.link.numba.linker import NumbaLinker
+
+from deeplearning_tutorials import backend
+
+
+def _has_c_compiler():
+    return bool(pytensor.config.cxx)
+
+
+needs_cxx = pytest.mark.skipif(not _has_c_compiler(), reason="no C compiler for the C backend")
+
+
+# --------------------------------------------------------------------------
+# resolve_mode
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["numba", "NUMBA", " Numba "])
+def test_resolve_mode_names_are_case_insensitive(name):
+    assert isinstance(backend.resolve_mode(name).linker, NumbaLinker)
+
+
+@pytest.mark.parametrize("name", ["CVM", "c"])
+def test_resolve_mode_c_backends(name):
+    mode = backend.resolve_mode(name)
+    assert mode is pytensor.compile.mode.get_mode(name.upper())
+
+
+def test_resolve_mode_none_and_mode_instances():
+    assert isinstance(backend.resolve_mode(None), Mode)
+    custom = Mode("py", "fast_compile")
+    assert backend.resolve_mode(custom) is custom
+
+
+def test_resolve_mode_unknown_name_lists_the_choices():
+    with pytest.raises(ValueError, match="NUMBA, CVM, C, JAX"):
+        backend.resolve_mode("GPU")
+    with pytest.raises(TypeError):
+        backend.resolve_mode(3)
+
+
+def test_resolve_mode_jax_without_jax(monkeypatch):
+    monkeypatch.setitem(_sys.modules, "jax", None)  # makes `import jax` raise ImportError
+    with pytest.raises(ValueError, match=r"pip install deeplearning_tutorials\[jax\]"):
+        backend.resolve_mode("jax")
+
+
+def test_resolve_mode_jax_keeps_datasets_on_device():
+    pytest.importorskip("jax")
+    mode = backend.resolve_mode("JAX")
+    assert isinstance(mode.linker, backend.DeviceJAXLinker)
+    x = pytensor.shared(np.arange(4.0))
+    f = pytensor.function([], (x * 2).sum(), mode=mode)
+    assert float(f()) == 12.0
+    assert isinstance(x.get_value(borrow=True), np.ndarray)
+
+
+# --------------------------------------------------------------------------
+# softmax on the C backend
+# --------------------------------------------------------------------------
+
+
+def _softmax_fn(mode):
+    x = pt.matrix("x")
+    p = pt.special.softmax(x, axis=-1)
+    return pytensor.function([x], [p, pt.log(p)], mode=mode)
+
+
+@needs_cxx
+def test_cvm_runs_softmax_in_c():
+    fn = _softmax_fn("CVM")
+    nodes = fn.maker.fgraph.toposort()
+    # PyTensor 3.0 leaves an OpFromGraph here, whose perform runs a Numba function.
+    assert not any(isinstance(node.op, OpFromGraph) for node in nodes)
+    assert all(hasattr(thunk, "cthunk") for thunk in fn.vm.thunks), [
+        type(node.op).__name__ for node, thunk in zip(nodes, fn.vm.thunks) if not hasattr(thunk, "cthunk")
+    ]
+    data = np.random.default_rng(0).normal(size=(5, 7))
+    p, logp = fn(data)
+    expected = np.exp(data - data.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(p, expected, rtol=1e-12)
+    np.testing.assert_allclose(logp, np.log(expected), rtol=1e-12)
+
+
+def test_numba_keeps_its_own_softmax():
+    fn = _softmax_fn("NUMBA")
+    names = {type(node.op).__name__ for node in fn.maker.fgraph.apply_nodes}
+    assert names & {"Softmax", "LogSoftmax"} or not any(
+        isinstance(node.op, OpFromGraph) for node in fn.maker.fgraph.apply_nodes
+    )
+    p, _ = fn(np.zeros((2, 3)))
+    np.testing.assert_allclose(p, 1 / 3)
+
+
+# --------------------------------------------------------------------------
+# BLAS
+# --------------------------------------------------------------------------
+
+
+@needs_cxx
+def test_blas_ldflags_found_and_cvm_dot_is_right():
+    if os.environ.get("DLT_NO_BLAS_FALLBACK"):
+        pytest.skip("fallback disabled by DLT_NO_BLAS_FALLBACK")
+    assert pytensor.config.blas__ldflags
+    a, b = pt.matrix("a"), pt.matrix("b")
+    fn = pytensor.function([a, b], pt.dot(a, b), mode="CVM")
+    assert all(hasattr(thunk, "cthunk") for thunk in fn.vm.thunks)
+    rng = np.random.default_rng(1)
+    A, B = rng.normal(size=(50, 80)), rng.normal(size=(80, 30))
+    np.testing.assert_allclose(fn(A, B), A @ B, rtol=1e-10, atol=1e-12)
+
+
+def test_scipy_openblas_probe_failure_gives_empty_flags(monkeypatch, tmp_path):
+    bogus = tmp_path / "libscipy_openblas-bogus.so"
+    bogus.write_bytes(b"not a library")
+    monkeypatch.setattr(backend, "_scipy_openblas_library", lambda: (bogus, "scipy_"))
+    assert backend.scipy_openblas_ldflags() == ""
+
+
+def test_fallback_keeps_what_pytensor_finds():
+    wrapped = backend._blas_default_with_fallback(lambda: "-lmyblas")
+    assert wrapped() == "-lmyblas"
+
+
+def test_user_flags_are_respected():
+    env = dict(os.environ, PYTENSOR_FLAGS="blas__ldflags=")
+    code = "import deeplearning_tutorials.backend, pytensor; print(repr(pytensor.config.blas__ldflags))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "''"
