@@ -745,7 +745,7 @@ class Progress(Events):
 
     def line(self, state, now):
         done = state.iterations - self.start_iterations
-        rate = done / (now - self.start) if now > self.start else 0.0
+        rate = done / (now - self.start) if self.start is not None and now > self.start else 0.0
         total = min(self.n_epochs * self.n_train_batches, state.patience + 1)
         left = max(total - state.iterations, 0)
         eta = _clock(left / rate) if rate > 0 else "?"
