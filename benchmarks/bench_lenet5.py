@@ -1,0 +1,230 @@
+"""Time the LeNet5 port on every backend, and PyTorch, in one run on one machine.
+
+Each configuration runs in its own process, one after the other, so that they do
+not share caches or threads.  For each we report:
+
+* ``compile s``: building the graph and compiling the training function (first
+  call included), with a cold cache (a fresh PyTensor compile directory) and
+  again with a warm one (the same directory, a new process);
+* ``train ms``: the median wall time of one training minibatch (batch 500),
+  after a warm-up;
+* ``valid ms``: one validation pass (20 minibatches of 500, as the tutorial
+  scores the 10,000 validation images);
+* ``x torch``: the ratio to PyTorch's time for the same float type.
+
+PyTorch runs the same architecture, initial weights, data and hyper-parameters
+(its ``conv2d`` is a cross-correlation, so it is given the flipped kernels).
+
+Usage::
+
+    python benchmarks/bench_lenet5.py                       # everything
+    python benchmarks/bench_lenet5.py --modes NUMBA --floatX float32 --steps 20
+
+MNIST is read from ``--dataset`` (default: ``$DEEPLEARNING_TUTORIALS_MNIST/../mnist.pkl.gz``
+when that variable is set, else the tutorial's lookup of ``mnist.pkl.gz``).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+BATCH = 500
+
+
+def _dataset_default():
+    folder = os.environ.get("DEEPLEARNING_TUTORIALS_MNIST")
+    if folder:
+        return os.path.join(os.path.dirname(os.path.abspath(folder)), "mnist.pkl.gz")
+    return "mnist.pkl.gz"
+
+
+def _arrays(dataset, n_train):
+    from deeplearning_tutorials import datasets
+
+    (tx, ty), (vx, vy), (sx, sy) = datasets.load_arrays(datasets.locate(dataset))
+    return [(tx[:n_train], ty[:n_train]), (vx, vy), (sx[:BATCH], sy[:BATCH])]
+
+
+def _time_steps(step, n_batches, steps, warmup=3):
+    for i in range(warmup):
+        step(i % n_batches)
+    times = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        step(i % n_batches)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def run_port(mode, floatX, dataset, steps):
+    """One configuration of the port, in this process; returns a dict of figures."""
+    import pytensor
+
+    from deeplearning_tutorials.testing import lenet5_functions
+
+    data = _arrays(dataset, n_train=4 * BATCH)
+    with pytensor.config.change_flags(floatX=floatX, mode=mode):
+        t0 = time.perf_counter()
+        _, train_model, validate_model = lenet5_functions(data, mode=mode)
+        train_model(0)
+        compile_s = time.perf_counter() - t0
+        validate_model(0)
+        train_ms = _time_steps(train_model, 4, steps)
+        t0 = time.perf_counter()
+        for i in range(20):
+            validate_model(i)
+        valid_ms = (time.perf_counter() - t0) * 1e3
+    return {"compile_s": compile_s, "train_ms": train_ms, "valid_ms": valid_ms}
+
+
+def run_torch(floatX, dataset, steps):
+    """PyTorch (eager, CPU) on the same model, weights and data."""
+    import numpy as np
+    import pytensor
+    import torch
+    import torch.nn.functional as F
+
+    from deeplearning_tutorials.testing import lenet5_functions
+
+    dtype = {"float32": torch.float32, "float64": torch.float64}[floatX]
+    data = _arrays(dataset, n_train=4 * BATCH)
+    with pytensor.config.change_flags(floatX=floatX):
+        # Only the initial weights are taken from the port: nothing is compiled.
+        layers, _, _ = lenet5_functions(data, mode="FAST_COMPILE")
+    w = [torch.tensor(np.asarray(p.get_value()), dtype=dtype, requires_grad=True)
+         for layer in layers for p in layer.params]
+    W0, b0, W1, b1, W2, b2, W3, b3 = w
+    with torch.no_grad():
+        # Theano's conv2d flips the kernels; PyTorch's correlates.
+        W0.copy_(torch.flip(W0, dims=(2, 3)))
+        W1.copy_(torch.flip(W1, dims=(2, 3)))
+
+    def forward(xb):
+        h = torch.tanh(F.max_pool2d(F.conv2d(xb.view(-1, 1, 28, 28), W0), 2) + b0.view(1, -1, 1, 1))
+        h = torch.tanh(F.max_pool2d(F.conv2d(h, W1), 2) + b1.view(1, -1, 1, 1))
+        h = torch.tanh(h.flatten(1) @ W2 + b2)
+        return torch.log_softmax(h @ W3 + b3, dim=1)
+
+    tx = torch.tensor(data[0][0], dtype=dtype)
+    ty = torch.tensor(data[0][1], dtype=torch.int64)
+    vx = torch.tensor(data[1][0], dtype=dtype)
+    vy = torch.tensor(data[1][1], dtype=torch.int64)
+
+    def step(i):
+        xb, yb = tx[i * BATCH:(i + 1) * BATCH], ty[i * BATCH:(i + 1) * BATCH]
+        loss = F.nll_loss(forward(xb), yb)
+        for p in w:
+            p.grad = None
+        loss.backward()
+        with torch.no_grad():
+            for p in w:
+                p -= 0.1 * p.grad
+        return loss.item()
+
+    def validate(i):
+        with torch.no_grad():
+            pred = forward(vx[i * BATCH:(i + 1) * BATCH]).argmax(1)
+            return (pred != vy[i * BATCH:(i + 1) * BATCH]).double().mean().item()
+
+    t0 = time.perf_counter()
+    first = step(0)
+    compile_s = time.perf_counter() - t0
+    train_ms = _time_steps(step, 4, steps)
+    validate(0)
+    t0 = time.perf_counter()
+    for i in range(20):
+        validate(i)
+    valid_ms = (time.perf_counter() - t0) * 1e3
+    return {"compile_s": compile_s, "train_ms": train_ms, "valid_ms": valid_ms, "first_cost": first}
+
+
+def _child(args):
+    if args.child == "torch":
+        out = run_torch(args.floatX[0], args.dataset, args.steps)
+    else:
+        out = run_port(args.child, args.floatX[0], args.dataset, args.steps)
+    print("RESULT " + json.dumps(out))
+
+
+def _spawn(config, floatX, args, env):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", config, "--floatX", floatX,
+           "--steps", str(args.steps), "--dataset", args.dataset]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": tail}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--modes", nargs="+", default=["NUMBA", "CVM", "C", "JAX"])
+    parser.add_argument("--floatX", nargs="+", default=["float32", "float64"])
+    parser.add_argument("--steps", type=int, default=10, help="timed training minibatches")
+    parser.add_argument("--dataset", default=_dataset_default())
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return _child(args)
+
+    rows = []
+    for floatX in args.floatX:
+        torch_row = None
+        if not args.no_torch:
+            torch_row = _spawn("torch", floatX, args, dict(os.environ))
+            rows.append(("PyTorch " + _torch_version(), floatX, torch_row, None))
+        for mode in args.modes:
+            with tempfile.TemporaryDirectory() as compiledir:
+                env = dict(os.environ)
+                env["PYTENSOR_FLAGS"] = ",".join(
+                    f for f in (env.get("PYTENSOR_FLAGS"), f"base_compiledir={compiledir}") if f
+                )
+                env["NUMBA_CACHE_DIR"] = os.path.join(compiledir, "numba")
+                cold = _spawn(mode, floatX, args, env)
+                warm = _spawn(mode, floatX, args, env)
+            if "error" not in warm and "error" not in cold:
+                warm["compile_cold_s"] = cold["compile_s"]
+            rows.append((mode, floatX, warm, torch_row))
+
+    print()
+    print(f"LeNet5, batch {BATCH}; {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}")
+    print()
+    print("| backend | floatX | train ms | x torch | valid ms | x torch | compile s (cold / warm) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, floatX, r, ref in rows:
+        if "error" in r:
+            print(f"| {name} | {floatX} | failed: {r['error'][:80]} | | | | |")
+            continue
+
+        def ratio(key):
+            if not ref or "error" in ref:
+                return ""
+            return f"{r[key] / ref[key]:.2f}"
+
+        compile_s = (f"{r['compile_cold_s']:.1f} / {r['compile_s']:.1f}"
+                     if "compile_cold_s" in r else "")
+        print(f"| {name} | {floatX} | {r['train_ms']:.1f} | {ratio('train_ms')} | "
+              f"{r['valid_ms']:.0f} | {ratio('valid_ms')} | {compile_s} |")
+
+
+def _torch_version():
+    try:
+        import torch
+
+        return torch.__version__.split("+")[0]
+    except ImportError:
+        return "(not installed)"
+
+
+if __name__ == "__main__":
+    main()
