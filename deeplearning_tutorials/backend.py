@@ -318,10 +318,18 @@ def _scipy_openblas_library() -> tuple[Path, str] | None:
 
 def _blas_symbol_names() -> list[str]:
     """The Fortran BLAS routines PyTensor's C code declares (``dgemm_``, ...)."""
-    from pytensor.tensor import blas_headers
+    import importlib
 
-    source = Path(blas_headers.__file__).read_text(encoding="utf-8")
-    return sorted(set(re.findall(r"\b([a-z][a-z0-9]*_)\s*\(", source)))
+    # The module moved between PyTensor 3.0 and 3.3.
+    for name in ("pytensor.tensor.blas_headers", "pytensor.tensor.blas.c_code.blas_headers"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        source = Path(module.__file__).read_text(encoding="utf-8")
+        return sorted(set(re.findall(r"\b([a-z][a-z0-9]*_)\s*\(", source)))
+    # Unknown layout: the routines PyTensor's Gemm, Gemv, Ger and Dot C code calls.
+    return [f"{t}{r}_" for t in "sd" for r in ("gemm", "gemv", "ger", "dot", "scal", "axpy", "copy")]
 
 
 def scipy_openblas_ldflags() -> str:

@@ -242,7 +242,9 @@ class DynamicSlice(Op):
         index[self.axis] = slice(begin, begin + self.length)
         output_storage[0][0] = np.array(x[tuple(index)], copy=True)
 
-    def infer_shape(self, fgraph, node, shapes):
+    def infer_shape(self, *args):
+        # PyTensor 3.0 passes (fgraph, node, shapes), 3.3 (node, shapes).
+        node, shapes = args[-2:]
         shape = list(shapes[0])
         shape[self.axis] = pt.constant(self.length, dtype="int64")
         return [tuple(shape)]
@@ -297,7 +299,9 @@ class DynamicIncSlice(Op):
             out[tuple(index)] += y
         output_storage[0][0] = out
 
-    def infer_shape(self, fgraph, node, shapes):
+    def infer_shape(self, *args):
+        # PyTensor 3.0 passes (fgraph, node, shapes), 3.3 (node, shapes).
+        node, shapes = args[-2:]
         return [shapes[0]]
 
 
