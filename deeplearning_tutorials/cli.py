@@ -88,7 +88,7 @@ def _option_names(name):
     return names + ALIASES.get(name, [])
 
 
-def add_signature_options(parser, function, grid=False):
+def add_signature_options(parser, function, grid=False, skip=()):
     """Add one option per keyword of ``function`` to ``parser``.
 
     Parameters
@@ -99,6 +99,8 @@ def add_signature_options(parser, function, grid=False):
     grid : bool
         Each option takes several values (for :mod:`deeplearning_tutorials.sweep`),
         and its default is a one-value list.
+    skip : sequence of str
+        Keywords to leave out.
 
     Returns
     -------
@@ -108,7 +110,7 @@ def add_signature_options(parser, function, grid=False):
     described = _docstring_parameters(function)
     names = []
     for name, parameter in inspect.signature(function).parameters.items():
-        if parameter.default is inspect.Parameter.empty:
+        if parameter.default is inspect.Parameter.empty or name in skip:
             continue
         default = parameter.default
         help = described.get(name) or EXTRA_HELP.get(name, "")
@@ -212,7 +214,10 @@ def main(function, argv=None):
         The exit code (see the module docstring).
     """
     parser = build_parser(function, prog=_prog(function))
-    args = vars(parser.parse_args(argv))
+    try:
+        args = vars(parser.parse_args(argv))
+    except SystemExit as exc:  # --help, or an argument argparse refused
+        return exc.code
     n = args.pop("subset", None)
     prog = parser.prog
     try:

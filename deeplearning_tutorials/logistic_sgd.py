@@ -275,6 +275,7 @@ def sgd_optimization_mnist(
     n_train_batches = train_set_x.get_value(borrow=True).shape[0] // batch_size
     n_valid_batches = valid_set_x.get_value(borrow=True).shape[0] // batch_size
     n_test_batches = test_set_x.get_value(borrow=True).shape[0] // batch_size
+    training.check_batches(batch_size, train_set_x, valid_set_x, test_set_x)
 
     ######################
     # BUILD ACTUAL MODEL #
