@@ -773,7 +773,8 @@ class Progress(Events):
             # compilation and loading stay out of it
             self.start, self.start_iterations = now, state.iterations
             return
-        if now - self.last_draw >= self.interval:
+        # a rate needs half a second of minibatches to mean anything
+        if now - self.last_draw >= self.interval and now - self.start >= 0.5:
             self.stream.write("\r" + self.line(state, now) + "\x1b[K")
             self.stream.flush()
             self.shown = True
