@@ -95,7 +95,7 @@ def draw_filters(W, out):
     n = W.shape[0]
     cols = min(n, 10)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.2))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 1.05 + 0.2))
     for k, ax in enumerate(np.ravel(axes)):
         ax.set_axis_off()
         if k >= n:
