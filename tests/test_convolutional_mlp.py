@@ -123,8 +123,12 @@ def test_backends_agree_after_a_few_steps(mnist_arrays):
             np.testing.assert_allclose(p, q, rtol=1e-9, atol=1e-12, err_msg=mode)
 
 
-def test_float32_first_costs_are_close_to_float64(mnist_arrays):
-    with pytensor.config.change_flags(floatX="float32", mode="NUMBA"):
-        _, train_model, _ = lenet5_functions(small_split(mnist_arrays), mode="NUMBA")
-        costs = [float(train_model(i)) for i in range(3)]
-    np.testing.assert_allclose(costs, ORIGINAL_FIRST_COSTS, rtol=1e-5)
+@pytest.mark.parametrize("mode", ["NUMBA", "CVM", "JAX"])
+def test_float32_first_costs_are_close_to_float64(mnist_arrays, mode):
+    """float32 stays float32 on every backend and agrees with the float64 numbers."""
+    with pytensor.config.change_flags(floatX="float32", mode=mode):
+        layers, train_model, _ = lenet5_functions(small_split(mnist_arrays), mode=mode)
+        costs = [train_model(i) for i in range(3)]
+    assert all(np.asarray(c).dtype == np.float32 for c in costs)
+    assert all(np.asarray(p.get_value()).dtype == np.float32 for p in layers[0].params)
+    np.testing.assert_allclose([float(c) for c in costs], ORIGINAL_FIRST_COSTS, rtol=1e-5)

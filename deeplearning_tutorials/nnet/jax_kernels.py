@@ -146,6 +146,34 @@ def register_jax_dispatch():
 
         return max_pool_grad
 
+    _register_careduce_in_output_dtype()
+
+
+def _register_careduce_in_output_dtype():
+    """Make JAX reductions return their node's dtype, as the other backends do.
+
+    PyTensor 3's JAX ``CAReduce`` returns its *accumulator* dtype: a float32
+    ``Sum{acc=float64}`` (which every mean in the tutorial's cost becomes) gives a
+    float64 array when JAX runs with 64-bit types, and that float64 then spreads
+    through the whole gradient graph of a float32 model until
+    ``lax.conv_general_dilated`` refuses the mix. Accumulating in float64 and
+    rounding to the output type is what the C and Numba backends do.
+    """
+    from pytensor.link.jax.dispatch.elemwise import jax_funcify_CAReduce
+    from pytensor.tensor.elemwise import CAReduce
+
+    @jax_funcify.register(CAReduce)
+    def _jax_funcify_careduce(op, node=None, **kwargs):
+        reduce = jax_funcify_CAReduce(op, node=node, **kwargs)
+        if node is None:
+            return reduce
+        dtype = node.outputs[0].dtype
+
+        def careduce(x):
+            return jnp.asarray(reduce(x)).astype(dtype)
+
+        return careduce
+
 
 __all__ = [
     "register_jax_dispatch",
