@@ -13,7 +13,7 @@ and C, CVM, Numba and NumPy all end up in the same BLAS.
 from pytensor.graph.utils import MethodNotDefined
 
 # Bump when any C string below changes, so PyTensor recompiles the modules.
-C_CODE_VERSION = (1,)
+C_CODE_VERSION = (2,)
 
 _BLAS_CODE = r"""
 #ifndef DLT_NNET_BLAS_DEFINED
@@ -430,7 +430,7 @@ def pool_grad_c_code(op, node, name, inputs, outputs, sub):
         PyArrayObject *cm = PyArray_GETCONTIGUOUS({mo});
         PyArrayObject *cg = PyArray_GETCONTIGUOUS({gz});
         npy_intp dims[{nd}];
-        long M = 1, H, W, oh, ow, m, i, j, r, c, r1, c1;
+        long M = 1, H, W, oh, ow, m, i, j, r, c, c1;
         int d, ok = 0;
         const {ctype} *xd, *md, *gd;
         {ctype}* od;
@@ -448,18 +448,24 @@ def pool_grad_c_code(op, node, name, inputs, outputs, sub):
         md = ({ctype}*)PyArray_DATA(cm);
         gd = ({ctype}*)PyArray_DATA(cg);
         od = ({ctype}*)PyArray_DATA({z});
-        memset(od, 0, sizeof({ctype}) * M * H * W);
+        /* Row by row, every element written once: no zero-fill pass. */
         for (m = 0; m < M; ++m)
-            for (i = 0; i < oh; ++i) {{
-                r1 = (i + 1) * {wh} < H ? (i + 1) * {wh} : H;
+            for (r = 0; r < H; ++r) {{
+                const {ctype}* xr = xd + (m * H + r) * W;
+                {ctype}* gr = od + (m * H + r) * W;
+                i = r / {wh};
+                if (i >= oh) {{
+                    for (c = 0; c < W; ++c) gr[c] = 0;
+                    continue;
+                }}
                 for (j = 0; j < ow; ++j) {{
                     {ctype} mx = md[(m * oh + i) * ow + j];
                     {ctype} g = gd[(m * oh + i) * ow + j];
                     c1 = (j + 1) * {ww} < W ? (j + 1) * {ww} : W;
-                    for (r = i * {wh}; r < r1; ++r)
-                        for (c = j * {ww}; c < c1; ++c)
-                            if (xd[(m * H + r) * W + c] == mx) od[(m * H + r) * W + c] = g;
+                    for (c = j * {ww}; c < c1; ++c)
+                        gr[c] = (xr[c] == mx) ? g : 0;
                 }}
+                for (c = ow * {ww}; c < W; ++c) gr[c] = 0;
             }}
         ok = 1;
       dlt_pgrad_fail_{name}:
