@@ -254,3 +254,33 @@ def test_realistic_lenet_shapes():
     np.testing.assert_allclose(
         numba_kernels.conv2d_grad_filters(x, gz), conv2d_grad_filters_numpy(x, gz), rtol=1e-11, atol=1e-11
     )
+
+
+def test_lesson_style_shared_filters_with_updates():
+    # The tutorial's use: a reshaped minibatch, shared filters declared through
+    # filter_shape/image_shape, and SGD updates of the shared variables.
+    from deeplearning_tutorials.nnet import pool_2d
+
+    rng = np.random.RandomState(23455)
+    bs = 3
+    x = pt.matrix("x")
+    w0 = rng.uniform(-0.1, 0.1, (4, 1, 5, 5))
+    W = pytensor.shared(w0.copy(), name="W")
+    b = pytensor.shared(np.zeros(4), name="b")
+    z = conv2d(x.reshape((bs, 1, 12, 12)), W, filter_shape=(4, 1, 5, 5), image_shape=(bs, 1, 12, 12))
+    assert z.type.shape == (bs, 4, 8, 8)
+    out = pt.tanh(pool_2d(z, (2, 2), ignore_border=True) + b.dimshuffle("x", 0, "x", "x"))
+    cost = (out**2).mean()
+    gW, gb = pytensor.grad(cost, [W, b])
+    xv = rng.rand(bs, 144)
+    costs = {}
+    for mode in BACKENDS:
+        if mode == "JAX":
+            pytest.importorskip("jax")
+        W.set_value(w0.copy())
+        b.set_value(np.zeros(4))
+        f = pytensor.function([x], cost, updates=[(W, W - 0.5 * gW), (b, b - 0.5 * gb)], mode=mode)
+        costs[mode] = [float(f(xv)) for _ in range(3)]
+    for mode, c in costs.items():
+        np.testing.assert_allclose(c, costs["NUMBA"], rtol=1e-12, err_msg=mode)
+    assert costs["NUMBA"][0] != costs["NUMBA"][2]
