@@ -35,9 +35,15 @@ from pytensor.compile import optdb
 from pytensor.compile.builders import OpFromGraph
 from pytensor.compile.mode import Mode, get_mode
 from pytensor.compile.sharedvalue import SharedVariable
-from pytensor.graph.rewriting.basic import copy_stack_trace, node_rewriter
+from pytensor.graph.rewriting.basic import copy_stack_trace, in2out, node_rewriter
 from pytensor.link.jax.linker import JAXLinker
 from pytensor.tensor.special import LogSoftmax, Softmax
+from pytensor.tensor.subtensor import (
+    AdvancedIncSubtensor,
+    AdvancedIncSubtensor1,
+    AdvancedSubtensor,
+    AdvancedSubtensor1,
+)
 
 __all__ = [
     "MODES",
@@ -278,6 +284,78 @@ optdb["specialize"].register(
     "fast_run",
     "fast_compile",
     "cxx_only",
+)
+
+
+def _flat_pair_index(x, rows, cols):
+    """The flat index of ``x[rows, cols]`` in ``x.ravel()``, or None if not a matrix pair."""
+    import pytensor.tensor as pt
+    from pytensor.raise_op import Assert
+
+    if x.ndim != 2 or not all(
+        getattr(i.type, "dtype", "").startswith(("int", "uint")) and i.ndim == 1
+        for i in (rows, cols)
+    ):
+        return None
+    n_rows, n_cols = x.shape[0], x.shape[1]
+    rows = pt.switch(pt.lt(rows, 0), rows + n_rows, rows)
+    cols = pt.switch(pt.lt(cols, 0), cols + n_cols, cols)
+    cols = Assert("index out of bounds in the column axis")(
+        cols, pt.all(pt.ge(cols, 0) & pt.lt(cols, n_cols))
+    )
+    return rows.astype("int64") * n_cols + cols.astype("int64")
+
+
+@node_rewriter([AdvancedSubtensor, AdvancedIncSubtensor])
+def local_pair_indexing_for_c(fgraph, node):
+    """Run ``x[rows, cols]`` of a matrix (and its gradient) as a flat take, which has C code.
+
+    The negative log-likelihood picks ``log(p_y_given_x)[arange(n), y]``, an
+    ``AdvancedSubtensor`` with two integer vectors, and its gradient is the
+    matching ``AdvancedIncSubtensor``. PyTensor 3 gives neither Op C code, so
+    the pure C linker (mode ``"C"``) cannot compile the tutorial and CVM runs
+    them in Python. For a matrix ``x`` of ``n_cols`` columns the same elements
+    are ``x.ravel()[rows * n_cols + cols]`` (``AdvancedSubtensor1`` and
+    ``AdvancedIncSubtensor1``, with C code), once negative indices are wrapped
+    as NumPy does; an ``Assert`` keeps the column check that the flat index
+    would otherwise lose (a row out of range still fails in the take).
+    Registered under ``"cxx_only"``, like the softmax inlining above.
+    """
+    import pytensor.tensor as pt
+
+    if isinstance(node.op, AdvancedIncSubtensor):
+        x, y, *indices = node.inputs
+    else:
+        x, *indices = node.inputs
+    if len(indices) != 2 or getattr(node.op, "idx_list", (0, 1)) != (0, 1):
+        return None
+    flat = _flat_pair_index(x, *indices)
+    if flat is None:
+        return None
+    if isinstance(node.op, AdvancedIncSubtensor):
+        if y.ndim > 1 or getattr(node.op, "ignore_duplicates", False):
+            return None
+        if y.type.broadcastable != flat.type.broadcastable:
+            # AdvancedIncSubtensor1 has C code only for a y as long as the index.
+            y = pt.alloc(y, flat.shape[0])
+        inc = AdvancedIncSubtensor1(set_instead_of_inc=node.op.set_instead_of_inc)
+        out = inc(x.reshape((-1,)), y, flat).reshape(x.shape)
+    else:
+        out = AdvancedSubtensor1()(x.reshape((-1,)), flat)
+    if out.type.broadcastable != node.outputs[0].type.broadcastable:
+        return None
+    copy_stack_trace(node.outputs, [out])
+    return [out]
+
+
+# After ``specialize``, so that no later simplification folds the explicit
+# broadcast of the gradient's ``y`` back into a broadcastable one.
+optdb.register(
+    "local_pair_indexing_for_c",
+    in2out(local_pair_indexing_for_c),
+    "fast_run",
+    "cxx_only",
+    position=48.7,
 )
 
 

@@ -143,3 +143,53 @@ def test_user_flags_are_respected():
     code = "import deeplearning_tutorials.backend, pytensor; print(repr(pytensor.config.blas__ldflags))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "''"
+
+
+# --------------------------------------------------------------------------
+# x[rows, cols] (the negative log-likelihood's pick) and its gradient in C
+# --------------------------------------------------------------------------
+
+
+def _nll_fn(mode):
+    x = pt.matrix("x")
+    W = pytensor.shared(np.random.default_rng(1).normal(size=(6, 4)), name="W")
+    y = pt.ivector("y")
+    logp = pt.log(pt.special.softmax(pt.dot(x, W), axis=-1))
+    cost = -pt.mean(logp[pt.arange(y.shape[0]), y])
+    picked = logp[pt.arange(y.shape[0]), y]
+    return pytensor.function([x, y], [cost, picked, pt.grad(cost, W)], mode=mode)
+
+
+@needs_cxx
+def test_cvm_runs_the_nll_pick_and_its_gradient_in_c():
+    fn = _nll_fn("CVM")
+    nodes = fn.maker.fgraph.toposort()
+    assert all(hasattr(thunk, "cthunk") for thunk in fn.vm.thunks), [
+        type(node.op).__name__ for node, thunk in zip(nodes, fn.vm.thunks) if not hasattr(thunk, "cthunk")
+    ]
+    rng = np.random.default_rng(2)
+    data, labels = rng.normal(size=(5, 6)), np.array([0, 3, 1, 3, 2], dtype="int32")
+    reference = _nll_fn("NUMBA")(data, labels)
+    for got, want in zip(fn(data, labels), reference):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+@needs_cxx
+def test_cvm_pick_keeps_index_errors():
+    x = pt.matrix("x")
+    rows, cols = pt.lvector("rows"), pt.lvector("cols")
+    fn = pytensor.function([x, rows, cols], x[rows, cols], mode="CVM")
+    data = np.arange(12.0).reshape(3, 4)
+    # Negative indices wrap as in NumPy.
+    np.testing.assert_array_equal(fn(data, [0, -1], [-1, 2]), data[[0, -1], [-1, 2]])
+    with pytest.raises(Exception, match="out of bounds"):
+        fn(data, [0], [4])  # a column past the end must not read the next row
+    with pytest.raises(IndexError):
+        fn(data, [3], [0])
+
+
+def test_lessons_refuse_the_whole_graph_c_linker():
+    from deeplearning_tutorials import flags
+
+    with pytest.raises(ValueError, match="use 'CVM'"):
+        flags.check_mode("C")
