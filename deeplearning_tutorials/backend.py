@@ -38,12 +38,12 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.rewriting.basic import copy_stack_trace, in2out, node_rewriter
 from pytensor.link.jax.linker import JAXLinker
 from pytensor.tensor.special import LogSoftmax, Softmax
-from pytensor.tensor.subtensor import (
-    AdvancedIncSubtensor,
-    AdvancedIncSubtensor1,
-    AdvancedSubtensor,
-    AdvancedSubtensor1,
-)
+from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
+
+try:  # PyTensor 3.0; later versions merged them into the Ops above, with C code.
+    from pytensor.tensor.subtensor import AdvancedIncSubtensor1, AdvancedSubtensor1
+except ImportError:
+    AdvancedIncSubtensor1 = AdvancedSubtensor1 = None
 
 __all__ = [
     "MODES",
@@ -338,10 +338,17 @@ def local_pair_indexing_for_c(fgraph, node):
         if y.type.broadcastable != flat.type.broadcastable:
             # AdvancedIncSubtensor1 has C code only for a y as long as the index.
             y = pt.alloc(y, flat.shape[0])
-        inc = AdvancedIncSubtensor1(set_instead_of_inc=node.op.set_instead_of_inc)
-        out = inc(x.reshape((-1,)), y, flat).reshape(x.shape)
-    else:
+        if AdvancedIncSubtensor1 is not None:
+            inc = AdvancedIncSubtensor1(set_instead_of_inc=node.op.set_instead_of_inc)
+            out = inc(x.reshape((-1,)), y, flat)
+        else:
+            target = x.reshape((-1,))[flat]
+            out = pt.set_subtensor(target, y) if node.op.set_instead_of_inc else pt.inc_subtensor(target, y)
+        out = out.reshape(x.shape)
+    elif AdvancedSubtensor1 is not None:
         out = AdvancedSubtensor1()(x.reshape((-1,)), flat)
+    else:
+        out = x.reshape((-1,))[flat]
     if out.type.broadcastable != node.outputs[0].type.broadcastable:
         return None
     copy_stack_trace(node.outputs, [out])
@@ -349,7 +356,9 @@ def local_pair_indexing_for_c(fgraph, node):
 
 
 # After ``specialize``, so that no later simplification folds the explicit
-# broadcast of the gradient's ``y`` back into a broadcastable one.
+# broadcast of the gradient's ``y`` back into a broadcastable one. PyTensor 3.0
+# has dedicated one-index Ops (``AdvancedSubtensor1``...); later versions give
+# the general Ops the same C fast path for a single index, which ``x[flat]`` uses.
 optdb.register(
     "local_pair_indexing_for_c",
     in2out(local_pair_indexing_for_c),

@@ -193,7 +193,9 @@ class Conv2d(_ConvOpBase):
         x, w = inputs
         output_storage[0][0] = conv2d_valid_numpy(x, w).astype(node.outputs[0].dtype, copy=False)
 
-    def infer_shape(self, fgraph, node, shapes):
+    def infer_shape(self, *args):
+        # PyTensor 3.0 passes (fgraph, node, shapes); later versions (node, shapes).
+        node, shapes = args[-2:]
         xs, ws = shapes
         return [(xs[0], ws[0], xs[2] - ws[2] + 1, xs[3] - ws[3] + 1)]
 
@@ -245,7 +247,9 @@ class Conv2dGradInputs(_ConvOpBase):
             node.outputs[0].dtype, copy=False
         )
 
-    def infer_shape(self, fgraph, node, shapes):
+    def infer_shape(self, *args):
+        # PyTensor 3.0 passes (fgraph, node, shapes); later versions (node, shapes).
+        node, shapes = args[-2:]
         gs, ws = shapes
         return [(gs[0], ws[1], gs[2] + ws[2] - 1, gs[3] + ws[3] - 1)]
 
@@ -294,7 +298,9 @@ class Conv2dGradFilters(_ConvOpBase):
             node.outputs[0].dtype, copy=False
         )
 
-    def infer_shape(self, fgraph, node, shapes):
+    def infer_shape(self, *args):
+        # PyTensor 3.0 passes (fgraph, node, shapes); later versions (node, shapes).
+        node, shapes = args[-2:]
         xs, gs = shapes
         return [(gs[1], xs[1], xs[2] - gs[2] + 1, xs[3] - gs[3] + 1)]
 

@@ -144,7 +144,9 @@ class MaxPool2d(COp):
         (x,) = inputs
         output_storage[0][0] = max_pool_numpy(x, self.ws, self.ignore_border)
 
-    def infer_shape(self, fgraph, node, shapes):
+    def infer_shape(self, *args):
+        # PyTensor 3.0 passes (fgraph, node, shapes); later versions (node, shapes).
+        node, shapes = args[-2:]
         (xs,) = shapes
         wh, ww = self.ws
         H, W = xs[-2:]
@@ -200,7 +202,9 @@ class MaxPool2dGrad(COp):
         x, maxout, gz = inputs
         output_storage[0][0] = max_pool_grad_numpy(x, maxout, gz, self.ws, self.ignore_border)
 
-    def infer_shape(self, fgraph, node, shapes):
+    def infer_shape(self, *args):
+        # PyTensor 3.0 passes (fgraph, node, shapes); later versions (node, shapes).
+        node, shapes = args[-2:]
         return [shapes[0]]
 
     def pullback(self, inputs, outputs, output_grads):
