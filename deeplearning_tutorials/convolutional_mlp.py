@@ -114,6 +114,51 @@ class LeNetConvPoolLayer:
         self.input = input
 
 
+def lenet5_layers(rng, x, batch_size, nkerns):
+    """LeNet5's four layers on the rasterized images ``x``, as :func:`evaluate_lenet5` builds them.
+
+    ``evaluate_lenet5`` spells the construction out, as the original does; this
+    is the same construction for the code that needs the model without its
+    training loop (:mod:`deeplearning_tutorials.predict` and the tests).
+
+    Parameters
+    ----------
+    rng : numpy.random.RandomState
+        Draws the initial weights, in the order layer0.W, layer1.W, layer2.W.
+    x : pytensor.tensor.TensorVariable
+        Matrix of shape ``(batch_size, 28 * 28)``.
+    batch_size : int
+        Number of images in ``x``.
+    nkerns : sequence of two ints
+        Number of kernels of the two convolutional layers.
+
+    Returns
+    -------
+    list
+        ``[layer0, layer1, layer2, layer3]``; their ``params`` concatenated as
+        ``layer3 + layer2 + layer1 + layer0`` are the tutorial's ``params``.
+    """
+    layer0 = LeNetConvPoolLayer(
+        rng,
+        input=x.reshape((batch_size, 1, 28, 28)),
+        image_shape=(batch_size, 1, 28, 28),
+        filter_shape=(nkerns[0], 1, 5, 5),
+        poolsize=(2, 2),
+    )
+    layer1 = LeNetConvPoolLayer(
+        rng,
+        input=layer0.output,
+        image_shape=(batch_size, nkerns[0], 12, 12),
+        filter_shape=(nkerns[1], nkerns[0], 5, 5),
+        poolsize=(2, 2),
+    )
+    layer2 = HiddenLayer(
+        rng, input=layer1.output.flatten(2), n_in=nkerns[1] * 4 * 4, n_out=500, activation=pt.tanh
+    )
+    layer3 = LogisticRegression(input=layer2.output, n_in=500, n_out=10)
+    return [layer0, layer1, layer2, layer3]
+
+
 @with_flags
 def evaluate_lenet5(
     learning_rate=0.1,

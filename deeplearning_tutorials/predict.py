@@ -19,11 +19,11 @@ import pytensor
 import pytensor.tensor as pt
 
 from deeplearning_tutorials import cli, datasets, training
-from deeplearning_tutorials.convolutional_mlp import LeNetConvPoolLayer
+from deeplearning_tutorials.convolutional_mlp import lenet5_layers
 from deeplearning_tutorials.flags import FLOATX, MODES, with_flags
-from deeplearning_tutorials.logistic_sgd import LogisticRegression, load_data
+from deeplearning_tutorials.logistic_sgd import load_data
 from deeplearning_tutorials.logistic_sgd import predict as predict_logistic
-from deeplearning_tutorials.mlp import MLP, HiddenLayer
+from deeplearning_tutorials.mlp import MLP
 
 MODELS = ("logistic", "mlp", "lenet5")
 
@@ -32,25 +32,9 @@ def _lenet5(x, arrays, batch_size):
     """LeNet5 as ``evaluate_lenet5`` builds it; returns its parameters and prediction."""
     # params were saved as layer3 + layer2 + layer1 + layer0, W then b
     nkerns = [arrays[6].shape[0], arrays[4].shape[0]]
-    rng = np.random.RandomState(23455)
-    layer0 = LeNetConvPoolLayer(
-        rng,
-        input=x.reshape((batch_size, 1, 28, 28)),
-        image_shape=(batch_size, 1, 28, 28),
-        filter_shape=(nkerns[0], 1, 5, 5),
-        poolsize=(2, 2),
+    layer0, layer1, layer2, layer3 = lenet5_layers(
+        np.random.RandomState(23455), x, batch_size, nkerns
     )
-    layer1 = LeNetConvPoolLayer(
-        rng,
-        input=layer0.output,
-        image_shape=(batch_size, nkerns[0], 12, 12),
-        filter_shape=(nkerns[1], nkerns[0], 5, 5),
-        poolsize=(2, 2),
-    )
-    layer2 = HiddenLayer(
-        rng, input=layer1.output.flatten(2), n_in=nkerns[1] * 4 * 4, n_out=500, activation=pt.tanh
-    )
-    layer3 = LogisticRegression(input=layer2.output, n_in=500, n_out=10)
     params = layer3.params + layer2.params + layer1.params + layer0.params
     return params, layer3.y_pred
 

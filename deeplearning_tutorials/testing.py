@@ -10,9 +10,8 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-from deeplearning_tutorials.convolutional_mlp import LeNetConvPoolLayer
-from deeplearning_tutorials.logistic_sgd import LogisticRegression, load_data
-from deeplearning_tutorials.mlp import HiddenLayer
+from deeplearning_tutorials.convolutional_mlp import lenet5_layers
+from deeplearning_tutorials.logistic_sgd import load_data
 
 
 def lenet5_functions(data, learning_rate=0.1, nkerns=(20, 50), batch_size=500, mode=None):
@@ -39,24 +38,8 @@ def lenet5_functions(data, learning_rate=0.1, nkerns=(20, 50), batch_size=500, m
     index = pt.lscalar()
     x = pt.matrix("x")
     y = pt.ivector("y")
-    layer0 = LeNetConvPoolLayer(
-        rng,
-        input=x.reshape((batch_size, 1, 28, 28)),
-        image_shape=(batch_size, 1, 28, 28),
-        filter_shape=(nkerns[0], 1, 5, 5),
-        poolsize=(2, 2),
-    )
-    layer1 = LeNetConvPoolLayer(
-        rng,
-        input=layer0.output,
-        image_shape=(batch_size, nkerns[0], 12, 12),
-        filter_shape=(nkerns[1], nkerns[0], 5, 5),
-        poolsize=(2, 2),
-    )
-    layer2 = HiddenLayer(
-        rng, input=layer1.output.flatten(2), n_in=nkerns[1] * 4 * 4, n_out=500, activation=pt.tanh
-    )
-    layer3 = LogisticRegression(input=layer2.output, n_in=500, n_out=10)
+    layers = lenet5_layers(rng, x, batch_size, nkerns)
+    layer0, layer1, layer2, layer3 = layers
     cost = layer3.negative_log_likelihood(y)
     params = layer3.params + layer2.params + layer1.params + layer0.params
     grads = pt.grad(cost, params)
@@ -70,7 +53,6 @@ def lenet5_functions(data, learning_rate=0.1, nkerns=(20, 50), batch_size=500, m
         [index], layer3.errors(y),
         givens={x: valid_set_x[sl], y: valid_set_y[sl]}, mode=mode,
     )
-    layers = [layer0, layer1, layer2, layer3]
     return layers, train_model, validate_model
 
 
