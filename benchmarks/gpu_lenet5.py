@@ -1,0 +1,200 @@
+"""LeNet5 on a GPU through the JAX backend: the port against the same step written in JAX.
+
+One script for a lent GPU machine (or any JAX device), in three parts:
+
+1. ``step``: ms per training minibatch (batch 500) of the port
+   (``lenet5_functions(..., mode="JAX")``, the tutorial's own graph with its
+   ``givens`` slices) and of the same step hand-written in JAX (``jax.jit`` of
+   ``jax.grad``, the data on the device, ``lax.dynamic_slice`` for the
+   minibatch, the parameters donated).  Each step is timed as the tutorial's
+   loop calls it: the call, then ``float(cost)``, which waits for the device.
+   Both start from the same initial weights; their first costs are printed
+   side by side.
+2. ``schedule``: the whole default LeNet5 run
+   (``python -m deeplearning_tutorials.convolutional_mlp --mode JAX --floatX
+   float32``), timed end to end as a child process (interpreter start, MNIST
+   loading and compilation included); its output goes to ``$OUT`` when set.
+3. A summary table, printed last.
+
+Usage::
+
+    python benchmarks/gpu_lenet5.py --dataset mnist.pkl.gz              # all of it
+    python benchmarks/gpu_lenet5.py --dataset mnist.pkl.gz --epochs 1   # a short check
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+BATCH = 500
+
+
+def _median_ms(step, n_batches, steps, warmup=5):
+    for i in range(warmup):
+        float(step(i % n_batches))
+    times = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        float(step(i % n_batches))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def _arrays(dataset):
+    from deeplearning_tutorials import datasets
+
+    return datasets.load_arrays(datasets.locate(dataset))
+
+
+def port_step(arrays, floatX, steps):
+    """The port's training function on the JAX backend: (ms per step, first cost, layers)."""
+    import pytensor
+
+    from deeplearning_tutorials.testing import lenet5_functions
+
+    with pytensor.config.change_flags(floatX=floatX):
+        t0 = time.perf_counter()
+        layers, train_model, validate_model = lenet5_functions(arrays, mode="JAX")
+        first = float(train_model(0))
+        compile_s = time.perf_counter() - t0
+        n_batches = arrays[0][0].shape[0] // BATCH
+        ms = _median_ms(train_model, n_batches, steps)
+        float(validate_model(0))
+        t0 = time.perf_counter()
+        for i in range(20):
+            float(validate_model(i))
+        valid_ms = (time.perf_counter() - t0) * 1e3
+    return {"train_ms": ms, "valid_ms": valid_ms, "first_cost": first, "compile_s": compile_s}
+
+
+def initial_params(arrays, floatX):
+    """The port's initial weights (RandomState(23455)), as numpy arrays, in layer order."""
+    import numpy as np
+    import pytensor
+
+    from deeplearning_tutorials.testing import lenet5_functions
+
+    small = [(a[:BATCH], b[:BATCH]) for a, b in arrays]
+    with pytensor.config.change_flags(floatX=floatX):
+        layers, _, _ = lenet5_functions(small, mode="FAST_COMPILE")
+    return [np.asarray(p.get_value()) for layer in layers for p in layer.params]
+
+
+def jax_step(arrays, floatX, steps, precision=None):
+    """LeNet5's training step written directly in JAX: (ms per step, first cost)."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    dtype = jnp.dtype(floatX)
+    params = [jnp.asarray(p, dtype) for p in initial_params(arrays, floatX)]
+    tx = jax.device_put(jnp.asarray(arrays[0][0], dtype))
+    ty = jax.device_put(jnp.asarray(arrays[0][1], jnp.int32))
+    dn = ("NCHW", "OIHW", "NCHW")
+
+    def conv_pool(h, W, b):
+        h = lax.conv_general_dilated(h, W[:, :, ::-1, ::-1], (1, 1), "VALID",
+                                     dimension_numbers=dn, precision=precision)
+        h = lax.reduce_window(h, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+        return jnp.tanh(h + b[None, :, None, None])
+
+    def cost(params, xb, yb):
+        W0, b0, W1, b1, W2, b2, W3, b3 = params
+        h = conv_pool(xb.reshape(BATCH, 1, 28, 28), W0, b0)
+        h = conv_pool(h, W1, b1)
+        h = jnp.tanh(jnp.dot(h.reshape(BATCH, -1), W2, precision=precision) + b2)
+        logp = jax.nn.log_softmax(jnp.dot(h, W3, precision=precision) + b3)
+        return -jnp.mean(logp[jnp.arange(BATCH), yb])
+
+    def step(params, i):
+        xb = lax.dynamic_slice_in_dim(tx, i * BATCH, BATCH)
+        yb = lax.dynamic_slice_in_dim(ty, i * BATCH, BATCH)
+        c, g = jax.value_and_grad(cost)(params, xb, yb)
+        return [p - 0.1 * gp for p, gp in zip(params, g)], c
+
+    step = jax.jit(step, donate_argnums=0)
+    # The layer order of the port is W, b per layer from the input up.
+    state = {"params": params}
+
+    def call(i):
+        state["params"], c = step(state["params"], i)
+        return c
+
+    t0 = time.perf_counter()
+    first = float(call(0))
+    compile_s = time.perf_counter() - t0
+    ms = _median_ms(call, arrays[0][0].shape[0] // BATCH, steps)
+    return {"train_ms": ms, "first_cost": first, "compile_s": compile_s}
+
+
+def schedule(dataset, floatX, epochs, out_dir):
+    """The whole default run as a child process, timed end to end."""
+    cmd = [sys.executable, "-m", "deeplearning_tutorials.convolutional_mlp", "--dataset", dataset,
+           "--mode", "JAX", "--floatX", floatX, "--quiet"]
+    if epochs is not None:
+        cmd += ["--n-epochs", str(epochs)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if out_dir:
+        with open(os.path.join(out_dir, f"schedule_{floatX}.txt"), "w") as f:
+            f.write(" ".join(cmd) + "\n\n" + proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    lines = proc.stdout.strip().splitlines()
+    best = next((ln for ln in reversed(lines) if ln.startswith("Best validation")), None)
+    ran = next((ln for ln in proc.stderr.splitlines() if " ran for " in ln), None)
+    return {"rc": proc.returncode, "wall_s": wall, "best": best, "ran_for": ran,
+            "tail": "" if proc.returncode == 0 else (proc.stderr.strip().splitlines() or [""])[-1]}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--dataset", default="mnist.pkl.gz")
+    parser.add_argument("--steps", type=int, default=200, help="timed training minibatches")
+    parser.add_argument("--floatX", nargs="+", default=["float32", "float64"])
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="n_epochs of the full run (the tutorial's 200 when omitted)")
+    parser.add_argument("--skip-schedule", action="store_true")
+    args = parser.parse_args(argv)
+    out_dir = os.environ.get("OUT")
+
+    import jax
+
+    print(f"jax {jax.__version__}, devices {jax.devices()}", flush=True)
+    arrays = _arrays(args.dataset)
+    rows = {}
+    for floatX in args.floatX:
+        rows[f"port {floatX}"] = port_step(arrays, floatX, args.steps)
+        print("port", floatX, json.dumps(rows[f"port {floatX}"]), flush=True)
+        rows[f"jax {floatX}"] = jax_step(arrays, floatX, args.steps)
+        print("jax", floatX, json.dumps(rows[f"jax {floatX}"]), flush=True)
+        if floatX == "float32":
+            rows["jax float32 HIGHEST"] = jax_step(arrays, floatX, args.steps,
+                                                   precision=jax.lax.Precision.HIGHEST)
+            print("jax HIGHEST", json.dumps(rows["jax float32 HIGHEST"]), flush=True)
+    sched = None
+    if not args.skip_schedule:
+        sched = schedule(args.dataset, "float32", args.epochs, out_dir)
+        print("schedule", json.dumps(sched), flush=True)
+
+    print()
+    print(f"LeNet5 on {jax.devices()[0].device_kind}, batch {BATCH}; {time.strftime('%Y-%m-%d')}")
+    print("| what | train ms | valid pass ms | first cost | compile s |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, r in rows.items():
+        valid = f"{r['valid_ms']:.1f}" if "valid_ms" in r else ""
+        print(f"| {name} | {r['train_ms']:.3f} | {valid} | {r['first_cost']:.10f} | {r['compile_s']:.1f} |")
+    if sched:
+        print(f"full schedule (float32): rc {sched['rc']}, {sched['wall_s']:.1f} s end to end; "
+              f"{sched['best']}; {sched['ran_for']} {sched['tail']}")
+    if out_dir:
+        with open(os.path.join(out_dir, "gpu_lenet5.json"), "w") as f:
+            json.dump({"rows": rows, "schedule": sched}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
