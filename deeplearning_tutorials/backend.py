@@ -49,6 +49,7 @@ __all__ = [
     "MODES",
     "DeviceJAXLinker",
     "configure_blas",
+    "enable_jax_compilation_cache",
     "jax_available",
     "local_inline_softmax_for_c",
     "resolve_mode",
@@ -139,6 +140,8 @@ class DeviceJAXLinker(JAXLinker):
     def create_thunk_inputs(self, storage_map):
         from pytensor.tensor.random.type import RandomType
 
+        enable_jax_compilation_cache()
+
         thunk_inputs = super().create_thunk_inputs(storage_map)
         updated = set(getattr(self.fgraph, "update_mapping", {}).values())
         for i, inp in enumerate(self.fgraph.inputs):
@@ -150,6 +153,41 @@ class DeviceJAXLinker(JAXLinker):
             ):
                 thunk_inputs[i] = _DeviceCell(inp, thunk_inputs[i])
         return thunk_inputs
+
+
+def enable_jax_compilation_cache() -> str | None:
+    """Keep JAX's compiled programs on disk, beside PyTensor's own compiled modules.
+
+    PyTensor caches what its C and Numba backends compile in
+    ``pytensor.config.compiledir``; this gives the JAX backend the same: JAX's
+    persistent compilation cache in ``<compiledir>/jax``, so that a second run
+    of the same graph skips XLA's compilation (seconds on a GPU, where XLA also
+    tries several convolution algorithms). Nothing changes when the user has
+    chosen a cache already (``JAX_COMPILATION_CACHE_DIR`` or
+    ``jax.config.update("jax_compilation_cache_dir", ...)``).
+
+    Returns
+    -------
+    str or None
+        The cache directory in use.
+    """
+    import jax
+
+    current = os.environ.get("JAX_COMPILATION_CACHE_DIR") or getattr(
+        jax.config, "jax_compilation_cache_dir", None
+    )
+    if current:
+        return current
+    path = os.path.join(pytensor.config.compiledir, "jax")
+    try:
+        jax.config.update("jax_compilation_cache_dir", path)
+        # JAX's default keeps only programs that took a second or more to
+        # compile; PyTensor keeps every module it compiles, and so do we.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    except Exception as err:  # an older JAX without the cache: compile as before
+        _logger.debug("no JAX compilation cache: %s", err)
+        return None
+    return path
 
 
 def _jax_mode() -> Mode:

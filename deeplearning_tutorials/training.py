@@ -352,7 +352,10 @@ def patience_loop(
     Diverged
         When ``train_model`` returns a cost that is not finite.  The best
         parameters written so far stay in ``save_best``, and the checkpoint
-        stays at the last finished epoch.
+        stays at the last finished epoch.  A cost that comes back as a device
+        array (the JAX backend) is checked once the next minibatch has been
+        started, so the device never waits for Python between minibatches; the
+        error still names the cost's own iteration.
     """
     if (save_best is not None or checkpoint is not None) and params is None:
         raise ArgumentError("save_best and checkpoint need the model's params")
@@ -384,6 +387,23 @@ def patience_loop(
 
     segment_start = time.perf_counter()
     elapsed_before = state.elapsed
+    pending = None  # (iter, cost, epoch, minibatch): a cost not yet checked
+
+    def settle():
+        """Check the pending cost: finite, or :class:`Diverged` naming its iteration."""
+        nonlocal pending
+        if pending is None:
+            return
+        p_iter, p_cost, p_epoch, p_minibatch = pending
+        pending = None
+        p_cost = float(p_cost)
+        if not math.isfinite(p_cost):
+            events.finished(state)  # clears a progress line
+            raise _diverged(
+                p_iter, p_cost, p_epoch, p_minibatch, n_train_batches, state, save_best, settings
+            )
+        state.last_cost = p_cost
+        events.after_train(p_iter, p_cost, state)
 
     # A resumed state may stop in the middle of an epoch: ``next_minibatch``
     # says where.  A fresh one starts the first epoch at minibatch 0.
@@ -395,17 +415,19 @@ def patience_loop(
             iter = (epoch - 1) * n_train_batches + minibatch_index
             events.before_train(iter, state)
             cost = train_model(minibatch_index)
-            cost = float(cost)
-            if not math.isfinite(cost):
-                events.finished(state)  # clears a progress line
-                raise _diverged(iter, cost, epoch, minibatch_index, n_train_batches, state, save_best, settings)
-            state.last_cost = cost
+            # Port note: a cost still on the device (JAX) is read only after
+            # the next minibatch has been started, so the device never waits
+            # for Python; the original never read it at all.
+            settle()
+            pending = (iter, cost, epoch, minibatch_index)
             state.next_minibatch = minibatch_index + 1
             state.iterations += 1
             state.elapsed = elapsed_before + time.perf_counter() - segment_start
-            events.after_train(iter, cost, state)
+            if _on_host(cost):
+                settle()
 
             if (iter + 1) % validation_frequency == 0:
+                settle()
                 # compute zero-one loss on validation set
                 this_validation_loss = float(
                     np.mean([validate_model(i) for i in range(n_valid_batches)])
@@ -435,9 +457,11 @@ def patience_loop(
                     )
 
             if state.patience <= iter:
+                settle()
                 state.done_looping = True
                 break
         else:
+            settle()
             state.next_minibatch = 0
             state.elapsed = elapsed_before + time.perf_counter() - segment_start
             keep_checkpoint()
@@ -449,6 +473,11 @@ def patience_loop(
         keep_checkpoint()
     events.finished(state)
     return state
+
+
+def _on_host(value):
+    """Whether a cost is already a host value (every backend but JAX returns one)."""
+    return isinstance(value, numbers.Number | np.ndarray | np.generic)
 
 
 def _diverged(iter, cost, epoch, minibatch_index, n_train_batches, state, save_best, settings):

@@ -67,6 +67,43 @@ def test_resolve_mode_jax_keeps_datasets_on_device():
     assert isinstance(x.get_value(borrow=True), np.ndarray)
 
 
+_CACHE_SCRIPT = """
+import os, sys, time
+import numpy as np, pytensor, pytensor.tensor as pt
+import deeplearning_tutorials.backend
+x = pytensor.shared(np.ones((64, 64)))
+y = pt.matrix("y")
+out = pt.tanh(pt.dot(pt.tanh(pt.dot(y, x)), x.T)).sum() + pt.exp(y).max()
+t0 = time.perf_counter()
+f = pytensor.function([y], out, mode="JAX")
+print(float(f(np.ones((3, 64)))))
+import jax
+print(jax.config.jax_compilation_cache_dir)
+"""
+
+
+def test_jax_programs_are_cached_beside_pytensors_own(tmp_path):
+    pytest.importorskip("jax")
+    env = dict(os.environ, PYTENSOR_FLAGS=f"base_compiledir={tmp_path}")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    runs = [subprocess.run([sys.executable, "-c", _CACHE_SCRIPT], env=env, capture_output=True,
+                           text=True, check=True).stdout.split() for _ in range(2)]
+    assert runs[0] == runs[1]  # the same value, from the same cache directory
+    cache = runs[0][1]
+    assert cache.startswith(str(tmp_path)) and cache.endswith("jax")
+    assert any(name.endswith("-cache") for name in os.listdir(cache))
+
+
+def test_jax_cache_keeps_the_users_choice(tmp_path):
+    pytest.importorskip("jax")
+    env = dict(os.environ, PYTENSOR_FLAGS=f"base_compiledir={tmp_path / 'pt'}",
+               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "mine"))
+    out = subprocess.run([sys.executable, "-c", _CACHE_SCRIPT], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out[1] == str(tmp_path / "mine")
+    assert not (tmp_path / "pt").exists() or not any((tmp_path / "pt").rglob("*-cache"))
+
+
 # --------------------------------------------------------------------------
 # softmax on the C backend
 # --------------------------------------------------------------------------

@@ -290,6 +290,38 @@ def test_diverged_names_iteration_and_keeps_best(tmp_path):
     assert meta["best_iter"] in (5, 10)
 
 
+def test_diverged_on_host_is_caught_at_once():
+    model = Model(blow_up_at=12)
+    with pytest.raises(training.Diverged, match="iteration 12 "):
+        model.loop()
+    assert model.n == 13  # the 13th call returned inf: nothing ran after it
+
+
+class DeviceModel(Model):
+    """The same model, its costs returned as JAX arrays, as the JAX backend does."""
+
+    def train(self, i):
+        import jax.numpy as jnp
+
+        return jnp.asarray(super().train(i))
+
+
+def test_device_costs_are_read_one_minibatch_late_with_the_same_results():
+    host, device = Model().loop(), DeviceModel().loop()
+    assert device.validation_curve == host.validation_curve
+    assert (device.best_iter, device.iterations) == (host.best_iter, host.iterations)
+    # JAX may hold the cost in float32
+    assert device.last_cost == pytest.approx(host.last_cost, rel=1e-6)
+
+
+def test_diverged_on_device_names_its_own_iteration():
+    model = DeviceModel(blow_up_at=12)
+    with pytest.raises(training.Diverged, match="iteration 12 .epoch 3, minibatch 3/5."):
+        model.loop()
+    # the device's cost was read once the next minibatch had been started
+    assert model.n == 14
+
+
 def test_checkpoint_refuses_non_finite_parameters(tmp_path):
     model = Model()
 
