@@ -150,6 +150,21 @@ def jax_step(arrays, floatX, steps, precision=None):
     return {"train_ms": ms, "pipelined_ms": pipelined, "first_cost": first, "compile_s": compile_s}
 
 
+def profile_schedule(dataset, epochs, out_dir):
+    """A short run of the default schedule under cProfile: where the loop's time goes."""
+    prof = os.path.join(out_dir or tempfile.gettempdir(), "schedule.prof")
+    cmd = [sys.executable, "-m", "cProfile", "-o", prof, "-m", "deeplearning_tutorials.convolutional_mlp",
+           "--dataset", dataset, "--mode", "JAX", "--floatX", "float32", "--quiet",
+           "--n-epochs", str(epochs)]
+    subprocess.run(cmd, capture_output=True, text=True)
+    import io
+    import pstats
+
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)
+    return buf.getvalue()
+
+
 def schedule(dataset, floatX, epochs, out_dir, compiledir, label):
     """The whole default run as a child process, timed end to end.
 
@@ -184,8 +199,21 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=None,
                         help="n_epochs of the full run (the tutorial's 200 when omitted)")
     parser.add_argument("--skip-schedule", action="store_true")
+    parser.add_argument("--profile-epochs", type=int, default=0,
+                        help="also profile a run of this many epochs (0: none)")
     args = parser.parse_args(argv)
     out_dir = os.environ.get("OUT")
+
+    # The child runs first, while this process holds no GPU memory: JAX takes
+    # most of the device's memory when it starts.
+    scheds = []
+    if not args.skip_schedule:
+        with tempfile.TemporaryDirectory() as compiledir:
+            for label in ("cold", "warm"):
+                scheds.append(schedule(args.dataset, "float32", args.epochs, out_dir, compiledir, label))
+                print("schedule", json.dumps(scheds[-1]), flush=True)
+    if args.profile_epochs:
+        print(profile_schedule(args.dataset, args.profile_epochs, out_dir), flush=True)
 
     import jax
 
@@ -201,12 +229,6 @@ def main(argv=None):
             rows["jax float32 HIGHEST"] = jax_step(arrays, floatX, args.steps,
                                                    precision=jax.lax.Precision.HIGHEST)
             print("jax HIGHEST", json.dumps(rows["jax float32 HIGHEST"]), flush=True)
-    scheds = []
-    if not args.skip_schedule:
-        with tempfile.TemporaryDirectory() as compiledir:
-            for label in ("cold", "warm"):
-                scheds.append(schedule(args.dataset, "float32", args.epochs, out_dir, compiledir, label))
-                print("schedule", json.dumps(scheds[-1]), flush=True)
 
     print()
     print(f"LeNet5 on {jax.devices()[0].device_kind}, batch {BATCH}; {time.strftime('%Y-%m-%d')}")
