@@ -9,6 +9,8 @@ every input with its window's max, giving ties the gradient as Theano did
 (``jax.grad`` of ``reduce_window`` would pick a single element).
 """
 
+import os
+
 import jax.numpy as jnp
 from jax import lax
 from pytensor.link.jax.dispatch import jax_funcify
@@ -19,11 +21,29 @@ from deeplearning_tutorials.nnet.pool import MaxPool2d, MaxPool2dGrad
 _DN = ("NCHW", "OIHW", "NCHW")
 
 
-# Full precision: on GPUs float32 convolutions would otherwise use TF32.
-_PRECISION = lax.Precision.HIGHEST
+#: The environment variable that sets the convolutions' precision on the JAX backend.
+PRECISION_ENV = "DEEPLEARNING_TUTORIALS_JAX_PRECISION"
+_PRECISIONS = {"highest": lax.Precision.HIGHEST, "high": lax.Precision.HIGH,
+               "default": lax.Precision.DEFAULT}
 
 
-def jax_conv2d(x, w):
+def conv_precision():
+    """The ``lax.Precision`` of the JAX convolutions, from ``$DEEPLEARNING_TUTORIALS_JAX_PRECISION``.
+
+    ``highest`` (the default) computes float32 convolutions in float32, as the
+    CPU backends do. On NVIDIA GPUs since Ampere, ``default`` lets XLA use
+    TF32 (10-bit mantissas) instead: faster, and no longer float32 arithmetic,
+    like PyTorch's cuDNN convolutions by default. Read when a function is compiled.
+    """
+    name = os.environ.get(PRECISION_ENV, "highest").strip().lower()
+    if name not in _PRECISIONS:
+        raise ValueError(
+            f"{PRECISION_ENV}={name!r}: choose one of {', '.join(_PRECISIONS)}"
+        )
+    return _PRECISIONS[name]
+
+
+def jax_conv2d(x, w, precision=lax.Precision.HIGHEST):
     """True 'valid' convolution, ``x`` (B, C, H, W), ``w`` (F, C, kh, kw) -> (B, F, oh, ow)."""
     return lax.conv_general_dilated(
         x,
@@ -31,11 +51,11 @@ def jax_conv2d(x, w):
         window_strides=(1, 1),
         padding="VALID",
         dimension_numbers=_DN,
-        precision=_PRECISION,
+        precision=precision,
     )
 
 
-def jax_conv2d_grad_inputs(gz, w):
+def jax_conv2d_grad_inputs(gz, w, precision=lax.Precision.HIGHEST):
     """``gx`` (B, C, oh+kh-1, ow+kw-1): full correlation of ``gz`` with ``w``."""
     kh, kw = w.shape[2], w.shape[3]
     # gx[b,c] = sum_f full_correlate(gz[b,f], w[f,c]): a convolution of the
@@ -46,11 +66,11 @@ def jax_conv2d_grad_inputs(gz, w):
         window_strides=(1, 1),
         padding=((kh - 1, kh - 1), (kw - 1, kw - 1)),
         dimension_numbers=_DN,
-        precision=_PRECISION,
+        precision=precision,
     )
 
 
-def jax_conv2d_grad_filters(x, gz):
+def jax_conv2d_grad_filters(x, gz, precision=lax.Precision.HIGHEST):
     """``gw`` (F, C, kh, kw) with ``kh = H - oh + 1``."""
     # gwf[f,c,u,v] = sum_{b,i,j} gz[b,f,i,j] x[b,c,i+u,j+v]: a correlation over
     # the batch axis, expressed by treating C as the batch and B as the channel.
@@ -60,7 +80,7 @@ def jax_conv2d_grad_filters(x, gz):
         window_strides=(1, 1),
         padding="VALID",
         dimension_numbers=_DN,
-        precision=_PRECISION,
+        precision=precision,
     )  # (C, F, kh, kw)
     return jnp.swapaxes(gwf, 0, 1)[:, :, ::-1, ::-1]
 
@@ -116,17 +136,25 @@ def jax_max_pool_grad(x, maxout, gz, ws, ignore_border):
 def register_jax_dispatch():
     """Register the JAX implementations with PyTensor's JAX backend."""
 
+    def with_precision(kernel):
+        precision = conv_precision()
+
+        def conv(a, b):
+            return kernel(a, b, precision=precision)
+
+        return conv
+
     @jax_funcify.register(Conv2d)
     def _jax_funcify_conv2d(op, **kwargs):
-        return jax_conv2d
+        return with_precision(jax_conv2d)
 
     @jax_funcify.register(Conv2dGradInputs)
     def _jax_funcify_conv2d_gi(op, **kwargs):
-        return jax_conv2d_grad_inputs
+        return with_precision(jax_conv2d_grad_inputs)
 
     @jax_funcify.register(Conv2dGradFilters)
     def _jax_funcify_conv2d_gw(op, **kwargs):
-        return jax_conv2d_grad_filters
+        return with_precision(jax_conv2d_grad_filters)
 
     @jax_funcify.register(MaxPool2d)
     def _jax_funcify_max_pool(op, **kwargs):
@@ -176,6 +204,8 @@ def _register_careduce_in_output_dtype():
 
 
 __all__ = [
+    "PRECISION_ENV",
+    "conv_precision",
     "register_jax_dispatch",
     "jax_conv2d",
     "jax_conv2d_grad_inputs",

@@ -282,3 +282,26 @@ def test_lesson_style_shared_filters_with_updates():
     for mode, c in costs.items():
         np.testing.assert_allclose(c, costs["NUMBA"], rtol=1e-12, err_msg=mode)
     assert costs["NUMBA"][0] != costs["NUMBA"][2]
+
+
+@pytest.mark.parametrize("name, expected", [("highest", "HIGHEST"), (" Default ", "DEFAULT"), ("high", "HIGH")])
+def test_jax_conv_precision_from_the_environment(monkeypatch, name, expected):
+    pytest.importorskip("jax")
+    from deeplearning_tutorials.nnet import jax_kernels
+
+    monkeypatch.setenv(jax_kernels.PRECISION_ENV, name)
+    assert jax_kernels.conv_precision().name == expected
+
+
+def test_jax_conv_precision_defaults_to_float32_and_refuses_nonsense(monkeypatch):
+    pytest.importorskip("jax")
+    from jax import lax
+
+    from deeplearning_tutorials.nnet import conv2d, jax_kernels
+
+    monkeypatch.delenv(jax_kernels.PRECISION_ENV, raising=False)
+    assert jax_kernels.conv_precision() == lax.Precision.HIGHEST
+    monkeypatch.setenv(jax_kernels.PRECISION_ENV, "tf32")
+    x, w = pt.tensor4("x"), pt.tensor4("w")
+    with pytest.raises(ValueError, match="DEEPLEARNING_TUTORIALS_JAX_PRECISION='tf32': choose one of highest"):
+        pytensor.function([x, w], conv2d(x, w), mode="JAX")
