@@ -37,6 +37,8 @@ from pytensor.compile.mode import Mode, get_mode
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.rewriting.basic import copy_stack_trace, in2out, node_rewriter
 from pytensor.link.jax.linker import JAXLinker
+from pytensor import scalar as ps
+from pytensor.tensor.elemwise import Elemwise
 from pytensor.tensor.special import LogSoftmax, Softmax
 from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
 
@@ -50,6 +52,7 @@ __all__ = [
     "DeviceJAXLinker",
     "configure_blas",
     "enable_jax_compilation_cache",
+    "FastTanhF32",
     "jax_available",
     "local_inline_softmax_for_c",
     "resolve_mode",
@@ -403,6 +406,115 @@ optdb.register(
     "fast_run",
     "cxx_only",
     position=48.7,
+)
+
+
+# --------------------------------------------------------------------------
+# A vectorisable float32 tanh for the C backends
+# --------------------------------------------------------------------------
+
+FAST_TANHF_CODE = r"""
+#ifndef DLT_FAST_TANHF_DEFINED
+#define DLT_FAST_TANHF_DEFINED
+#include <math.h>
+/* tanh of a float32 as a rational function of degree 13/6 on [-7.905, 7.905]
+   (the approximation Eigen and XLA use for float32): no call and no branch, so
+   the compiler vectorises the loop around it. Measured against tanh in
+   float64 on 2 million points: 0.7 ulp on average, 4.6 ulp at most (near the
+   clamp, where tanh is 1 - 2.4e-7); NaN stays NaN, +-inf gives +-1. */
+static inline float dlt_fast_tanhf(float x)
+{
+    const float c = 7.90531110763549805f;
+    float x2, p, q;
+    x = x > c ? c : x;
+    x = x < -c ? -c : x;
+    x2 = x * x;
+    p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
+    p = x2 * p + -8.60467152213735e-11f;
+    p = x2 * p + 5.12229709037114e-08f;
+    p = x2 * p + 1.48572235717979e-05f;
+    p = x2 * p + 6.37261928875436e-04f;
+    p = x2 * p + 4.89352455891786e-03f;
+    p = x * p;
+    q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
+    q = x2 * q + 2.26843463243900e-03f;
+    q = x2 * q + 4.89352518554385e-03f;
+    return fabsf(x) < 0.0004f ? x : p / q;
+}
+#endif
+"""
+
+
+class FastTanhF32(ps.Tanh):
+    """``tanh`` whose C code, for float32, is :data:`FAST_TANHF_CODE` instead of libm's ``tanhf``.
+
+    glibc's ``tanhf`` costs about 14 ns an element here and stops the loop
+    around it from being vectorised: LeNet5's float32 training step spent 23
+    of its 120 ms in tanh and its gradient. Other types keep ``tanh``.
+    """
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        if node.inputs[0].type.dtype != "float32" or node.outputs[0].type.dtype != "float32":
+            return super().c_code(node, name, inputs, outputs, sub)
+        (x,), (z,) = inputs, outputs
+        return f"{z} = dlt_fast_tanhf({x});"
+
+    def c_support_code(self, **kwargs):
+        return FAST_TANHF_CODE
+
+    def c_code_cache_version(self):
+        return (1,)
+
+
+fast_tanh_f32 = FastTanhF32(ps.upgrade_to_float, name="fast_tanh")
+
+
+def _with_fast_tanh(scalar_op):
+    """``scalar_op`` with every float32 ``Tanh`` in it made a :class:`FastTanhF32`; None if it has none."""
+    if type(scalar_op) is ps.Tanh:
+        return fast_tanh_f32
+    if not isinstance(scalar_op, ps.Composite):
+        return None
+    nodes = scalar_op.fgraph.toposort()
+    if not any(type(n.op) is ps.Tanh and n.outputs[0].type.dtype == "float32" for n in nodes):
+        return None
+    inputs = [i.type() for i in scalar_op.inputs]
+    memo = dict(zip(scalar_op.inputs, inputs, strict=True))
+    for n in nodes:
+        op = n.op
+        if type(op) is ps.Tanh and n.outputs[0].type.dtype == "float32":
+            op = fast_tanh_f32
+        new = op.make_node(*[memo.get(i, i) for i in n.inputs])
+        memo.update(zip(n.outputs, new.outputs, strict=True))
+    return ps.Composite(inputs, [memo.get(o, o) for o in scalar_op.outputs])
+
+
+@node_rewriter([Elemwise])
+def local_fast_tanh_f32_for_c(fgraph, node):
+    """Compute float32 ``tanh`` in fused C loops with :class:`FastTanhF32`.
+
+    Registered under ``"cxx_only"`` after elemwise fusion: the Numba and JAX
+    backends keep their own tanh (JAX's is already this approximation).
+    """
+    if not all(o.type.dtype == "float32" for o in node.outputs):
+        return None
+    scalar_op = _with_fast_tanh(node.op.scalar_op)
+    if scalar_op is None:
+        return None
+    new_op = Elemwise(scalar_op, inplace_pattern=node.op.inplace_pattern)
+    outs = new_op.make_node(*node.inputs).outputs
+    if any(o.type != n.type for o, n in zip(outs, node.outputs, strict=True)):
+        return None
+    copy_stack_trace(node.outputs, outs)
+    return outs
+
+
+optdb.register(
+    "local_fast_tanh_f32_for_c",
+    in2out(local_fast_tanh_f32_for_c),
+    "fast_run",
+    "cxx_only",
+    position=49.4,  # after elemwise fusion (49), before the in-place rewrites (50.5)
 )
 
 

@@ -230,3 +230,49 @@ def test_lessons_refuse_the_whole_graph_c_linker():
 
     with pytest.raises(ValueError, match="use 'CVM'"):
         flags.check_mode("C")
+
+
+# --------------------------------------------------------------------------
+# float32 tanh on the C backend
+# --------------------------------------------------------------------------
+
+
+def _scalar_ops(fn):
+    ops = []
+    for node in fn.maker.fgraph.toposort():
+        scalar_op = getattr(node.op, "scalar_op", None)
+        if scalar_op is None:
+            continue
+        inner = scalar_op.fgraph.toposort() if hasattr(scalar_op, "fgraph") else []
+        ops += [scalar_op] + [n.op for n in inner]
+    return ops
+
+
+@needs_cxx
+def test_cvm_float32_tanh_is_the_fast_one_and_accurate():
+    x = pt.vector("x", dtype="float32")
+    b = pt.scalar("b", dtype="float32")
+    f = pytensor.function([x, b], [pt.tanh(x), pt.tanh(x + b) * 2], mode="CVM")
+    assert sum(isinstance(op, backend.FastTanhF32) for op in _scalar_ops(f)) == 2
+    xv = np.concatenate([np.linspace(-12, 12, 200_001), 10.0 ** -np.arange(1, 30, 0.5)]).astype("float32")
+    got, got2 = f(xv, np.float32(0.0))
+    ref = np.tanh(xv.astype("float64"))
+    # at most 5 float32 ulps from the exact value (libm's tanhf is within 2)
+    ulps = np.abs(got - ref) / np.spacing(np.abs(ref).astype("float32"))
+    assert ulps.max() <= 5 and got.dtype == np.float32
+    np.testing.assert_array_equal(got2, 2 * got)
+    special = f(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], "float32"), np.float32(0))[0]
+    assert np.isnan(special[0]) and special[1:3].tolist() == [1.0, -1.0]
+    assert special[3] == 0.0 and np.signbit(special[4])
+
+
+@needs_cxx
+def test_float64_tanh_and_other_backends_keep_libm():
+    x = pt.vector("x", dtype="float64")
+    f = pytensor.function([x], pt.tanh(x), mode="CVM")
+    assert not any(isinstance(op, backend.FastTanhF32) for op in _scalar_ops(f))
+    xv = np.linspace(-5, 5, 1001)
+    np.testing.assert_allclose(f(xv), np.tanh(xv), rtol=3e-16, atol=0)  # libm against NumPy: 1 ulp
+    x32 = pt.vector("x", dtype="float32")
+    g = pytensor.function([x32], pt.tanh(x32), mode="NUMBA")
+    assert not any(isinstance(op, backend.FastTanhF32) for op in _scalar_ops(g))

@@ -172,6 +172,11 @@ class MaxPool2d(COp):
 
         return conv_c.pool_c_code(self, node, name, inputs, outputs, sub)
 
+    def c_support_code(self, **kwargs):
+        from deeplearning_tutorials.nnet import conv_c
+
+        return conv_c.POOL_SUPPORT_CODE
+
 
 class MaxPool2dGrad(COp):
     """Gradient of :class:`MaxPool2d`: inputs ``(x, maxout, gz)``, output ``gx`` like ``x``.
@@ -223,6 +228,11 @@ class MaxPool2dGrad(COp):
         from deeplearning_tutorials.nnet import conv_c
 
         return conv_c.pool_grad_c_code(self, node, name, inputs, outputs, sub)
+
+    def c_support_code(self, **kwargs):
+        from deeplearning_tutorials.nnet import conv_c
+
+        return conv_c.POOL_SUPPORT_CODE
 
 
 def pool_2d(input, ws, ignore_border=True, mode="max"):

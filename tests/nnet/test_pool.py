@@ -107,6 +107,24 @@ def test_ties_all_receive_the_gradient():
     np.testing.assert_array_equal(max_pool_grad_numpy(x, max_pool_numpy(x, (2, 2), True), gz, (2, 2), True), expected)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(4, 6), (5, 7)])
+def test_non_finite_gradient_goes_to_the_max_only(dtype, shape):
+    # "gz if x == max else 0": a diverging run's inf or NaN reaches the max
+    # and nothing else (a multiplication by 0/1 would spread NaN).
+    rng = np.random.default_rng(3)
+    xv = rng.permutation(np.prod(shape)).reshape(shape).astype(dtype)
+    x, gz = pt.matrix("x", dtype=dtype), pt.matrix("gz", dtype=dtype)
+    g = MaxPool2dGrad((2, 2), True)(x, pool_2d(x, (2, 2)), gz)
+    gzv = np.full(loop_pool(xv, (2, 2), True).shape, np.nan, dtype)
+    gzv[0, 0] = np.inf
+    expected = loop_pool_grad(xv, gzv, (2, 2), True)
+    assert np.isnan(expected).sum() == gzv.size - 1 and np.isinf(expected).sum() == 1
+    for mode in _modes():
+        got = np.asarray(pytensor.function([x, gz], g, mode=mode)(xv, gzv))
+        np.testing.assert_array_equal(got, expected, err_msg=mode)
+
+
 def test_dropped_border_gets_zero_gradient():
     x = np.arange(15.0).reshape(3, 5)
     xv = pt.matrix("x")
