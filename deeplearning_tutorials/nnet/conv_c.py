@@ -13,7 +13,7 @@ and C, CVM, Numba and NumPy all end up in the same BLAS.
 from pytensor.graph.utils import MethodNotDefined
 
 # Bump when any C string below changes, so PyTensor recompiles the modules.
-C_CODE_VERSION = (4,)
+C_CODE_VERSION = (5,)
 
 _BLAS_CODE = r"""
 #ifndef DLT_NNET_BLAS_DEFINED
@@ -104,6 +104,26 @@ static void dlt_flip_SFX(const T* w, int F, int C, int kh, int kw, T* wf)
                         w[(((long)f * C + c) * kh + (kh - 1 - u)) * kw + (kw - 1 - v)];
 }
 
+/* The rows that im2col copies are only ow elements long (8 and 24 in LeNet5):
+   with ow a constant the compiler turns each into a few vector moves, four
+   times faster than the general loop (5.9 -> 1.4 ms for the second layer). */
+#define DLT_IM2COL_ROWS_SFX(N)                                                     \
+    for (bb = 0; bb < nb; ++bb)                                                \
+        for (i = 0; i < oh; ++i) {                                             \
+            const T* src = x + (((long)(b0 + bb) * C + c) * H + (i + u)) * W + v; \
+            T* dst = row + bb * P + (long)i * (N);                             \
+            for (j = 0; j < (N); ++j)                                          \
+                dst[j] = src[j];                                               \
+        }
+#define DLT_COL2IM_ROWS_SFX(N)                                                     \
+    for (bb = 0; bb < nb; ++bb)                                                \
+        for (i = 0; i < oh; ++i) {                                             \
+            T* dst = gx + (((long)(b0 + bb) * C + c) * H + (i + u)) * W + v;   \
+            const T* src = row + bb * P + (long)i * (N);                       \
+            for (j = 0; j < (N); ++j)                                          \
+                dst[j] += src[j];                                              \
+        }
+
 /* cols (C*kh*kw, nb*oh*ow) <- patches of images b0..b0+nb of x (B, C, H, W). */
 static void dlt_im2col_SFX(const T* x, int b0, int nb, int C, int H, int W,
                            int kh, int kw, T* cols)
@@ -114,13 +134,11 @@ static void dlt_im2col_SFX(const T* x, int b0, int nb, int C, int H, int W,
         for (u = 0; u < kh; ++u)
             for (v = 0; v < kw; ++v) {
                 T* row = cols + ((long)(c * kh + u) * kw + v) * ncol;
-                for (bb = 0; bb < nb; ++bb)
-                    for (i = 0; i < oh; ++i) {
-                        const T* src = x + (((long)(b0 + bb) * C + c) * H + (i + u)) * W + v;
-                        T* dst = row + bb * P + (long)i * ow;
-                        for (j = 0; j < ow; ++j)
-                            dst[j] = src[j];
-                    }
+                switch (ow) {
+                case 8: DLT_IM2COL_ROWS_SFX(8) break;
+                case 24: DLT_IM2COL_ROWS_SFX(24) break;
+                default: DLT_IM2COL_ROWS_SFX(ow)
+                }
             }
 }
 
@@ -134,13 +152,11 @@ static void dlt_col2im_SFX(const T* dcols, int b0, int nb, int C, int H, int W,
         for (u = 0; u < kh; ++u)
             for (v = 0; v < kw; ++v) {
                 const T* row = dcols + ((long)(c * kh + u) * kw + v) * ncol;
-                for (bb = 0; bb < nb; ++bb)
-                    for (i = 0; i < oh; ++i) {
-                        T* dst = gx + (((long)(b0 + bb) * C + c) * H + (i + u)) * W + v;
-                        const T* src = row + bb * P + (long)i * ow;
-                        for (j = 0; j < ow; ++j)
-                            dst[j] += src[j];
-                    }
+                switch (ow) {
+                case 8: DLT_COL2IM_ROWS_SFX(8) break;
+                case 24: DLT_COL2IM_ROWS_SFX(24) break;
+                default: DLT_COL2IM_ROWS_SFX(ow)
+                }
             }
 }
 
