@@ -13,7 +13,7 @@ and C, CVM, Numba and NumPy all end up in the same BLAS.
 from pytensor.graph.utils import MethodNotDefined
 
 # Bump when any C string below changes, so PyTensor recompiles the modules.
-C_CODE_VERSION = (5,)
+C_CODE_VERSION = (6,)
 
 _BLAS_CODE = r"""
 #ifndef DLT_NNET_BLAS_DEFINED
@@ -73,6 +73,23 @@ static void dlt_rm_dgemm(char ta, char tb, int M, int N, int K, double alpha,
 {
     dlt_dgemm_ptr(&tb, &ta, &N, &M, &K, &alpha, (double*)B, &ldb, (double*)A, &lda,
                   &beta, C, &ldc);
+}
+
+/* Scratch buffers for the column matrices, kept from one call to the next
+   (one set per thread): a fresh malloc of a few MB is a fresh mmap, and
+   touching its pages again at every minibatch cost about 1 ms per
+   convolution. Slot 0..2; NULL when out of memory. */
+static __thread void* dlt_scratch_ptr[3] = {NULL, NULL, NULL};
+static __thread size_t dlt_scratch_size[3] = {0, 0, 0};
+static void* dlt_scratch(int slot, size_t bytes)
+{
+    if (bytes == 0) bytes = 1;
+    if (dlt_scratch_size[slot] < bytes) {
+        free(dlt_scratch_ptr[slot]);
+        dlt_scratch_ptr[slot] = malloc(bytes);
+        dlt_scratch_size[slot] = dlt_scratch_ptr[slot] ? bytes : 0;
+    }
+    return dlt_scratch_ptr[slot];
 }
 
 /* Images per chunk, so a chunk's column matrix holds about 2**20 elements. */
@@ -182,10 +199,10 @@ static int dlt_conv_fwd_SFX(const T* x, const T* w, T* out, int B, int C, int H,
     T *wf, *cols, *res;
     if (B == 0 || F == 0 || P == 0) return 0;
     chunk = dlt_chunk(B, P * (K > F ? K : F));
-    wf = (T*)malloc(sizeof(T) * (long)F * K);
-    cols = (T*)malloc(sizeof(T) * (long)K * chunk * P);
-    res = (T*)malloc(sizeof(T) * (long)F * chunk * P);
-    if (!wf || !cols || !res) { free(wf); free(cols); free(res); return -1; }
+    wf = (T*)dlt_scratch(0, sizeof(T) * (long)F * K);
+    cols = (T*)dlt_scratch(1, sizeof(T) * (long)K * chunk * P);
+    res = (T*)dlt_scratch(2, sizeof(T) * (long)F * chunk * P);
+    if (!wf || !cols || !res) return -1;
     dlt_flip_SFX(w, F, C, kh, kw, wf);
     for (b0 = 0; b0 < B; b0 += chunk) {
         nb = (B - b0 < chunk) ? B - b0 : chunk;
@@ -193,7 +210,6 @@ static int dlt_conv_fwd_SFX(const T* x, const T* w, T* out, int B, int C, int H,
         GEMM('N', 'N', F, (int)(nb * P), K, 1, wf, K, cols, (int)(nb * P), 0, res, (int)(nb * P));
         dlt_bfp_SFX(out, b0, nb, F, P, res, 1);
     }
-    free(wf); free(cols); free(res);
     return 0;
 }
 
@@ -207,10 +223,10 @@ static int dlt_conv_gi_SFX(const T* gz, const T* w, T* gx, int B, int F, int oh,
     memset(gx, 0, sizeof(T) * (long)B * C * H * W);
     if (B == 0 || P == 0 || C == 0) return 0;
     chunk = dlt_chunk(B, P * (K > F ? K : F));
-    wf = (T*)malloc(sizeof(T) * ((long)F * K + 1));
-    gzm = (T*)malloc(sizeof(T) * ((long)F * chunk * P + 1));
-    dcols = (T*)malloc(sizeof(T) * (long)K * chunk * P);
-    if (!wf || !gzm || !dcols) { free(wf); free(gzm); free(dcols); return -1; }
+    wf = (T*)dlt_scratch(0, sizeof(T) * ((long)F * K + 1));
+    gzm = (T*)dlt_scratch(2, sizeof(T) * ((long)F * chunk * P + 1));
+    dcols = (T*)dlt_scratch(1, sizeof(T) * (long)K * chunk * P);
+    if (!wf || !gzm || !dcols) return -1;
     dlt_flip_SFX(w, F, C, kh, kw, wf);
     for (b0 = 0; b0 < B; b0 += chunk) {
         nb = (B - b0 < chunk) ? B - b0 : chunk;
@@ -218,7 +234,6 @@ static int dlt_conv_gi_SFX(const T* gz, const T* w, T* gx, int B, int F, int oh,
         GEMM('T', 'N', K, (int)(nb * P), F, 1, wf, K, gzm, (int)(nb * P), 0, dcols, (int)(nb * P));
         dlt_col2im_SFX(dcols, b0, nb, C, H, W, kh, kw, gx);
     }
-    free(wf); free(gzm); free(dcols);
     return 0;
 }
 
@@ -229,28 +244,29 @@ static int dlt_conv_gw_SFX(const T* x, const T* gz, T* gw, int B, int C, int H, 
     int kh = H - oh + 1, kw = W - ow + 1, K = C * kh * kw, chunk, b0, nb, f, c, u, v;
     long P = (long)oh * ow;
     T *gwf, *cols, *gzm;
-    gwf = (T*)calloc((long)F * K + 1, sizeof(T));
+    /* gwt (K, F) = cols (K, N) @ gzm^T: this way round OpenBLAS splits the
+       work over its threads (20-40 % faster for LeNet5's shapes). */
+    gwf = (T*)dlt_scratch(0, sizeof(T) * ((long)F * K + 1));
     if (!gwf) return -1;
+    memset(gwf, 0, sizeof(T) * ((long)F * K + 1));
     if (B > 0 && P > 0 && K > 0 && F > 0) {
         chunk = dlt_chunk(B, P * (K > F ? K : F));
-        cols = (T*)malloc(sizeof(T) * (long)K * chunk * P);
-        gzm = (T*)malloc(sizeof(T) * (long)F * chunk * P);
-        if (!cols || !gzm) { free(gwf); free(cols); free(gzm); return -1; }
+        cols = (T*)dlt_scratch(1, sizeof(T) * (long)K * chunk * P);
+        gzm = (T*)dlt_scratch(2, sizeof(T) * (long)F * chunk * P);
+        if (!cols || !gzm) return -1;
         for (b0 = 0; b0 < B; b0 += chunk) {
             nb = (B - b0 < chunk) ? B - b0 : chunk;
             dlt_im2col_SFX(x, b0, nb, C, H, W, kh, kw, cols);
             dlt_bfp_SFX((T*)gz, b0, nb, F, P, gzm, 0);
-            GEMM('N', 'T', F, K, (int)(nb * P), 1, gzm, (int)(nb * P), cols, (int)(nb * P), 1, gwf, K);
+            GEMM('N', 'T', K, F, (int)(nb * P), 1, cols, (int)(nb * P), gzm, (int)(nb * P), 1, gwf, F);
         }
-        free(cols); free(gzm);
     }
     for (f = 0; f < F; ++f)
         for (c = 0; c < C; ++c)
             for (u = 0; u < kh; ++u)
                 for (v = 0; v < kw; ++v)
                     gw[(((long)f * C + c) * kh + (kh - 1 - u)) * kw + (kw - 1 - v)] =
-                        gwf[(long)f * K + (c * kh + u) * kw + v];
-    free(gwf);
+                        gwf[(long)((c * kh + u) * kw + v) * F + f];
     return 0;
 }
 #endif
