@@ -38,7 +38,10 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.rewriting.basic import copy_stack_trace, in2out, node_rewriter
 from pytensor.link.jax.linker import JAXLinker
 from pytensor import scalar as ps
+from pytensor.graph.basic import Apply
+from pytensor.link.c.op import COp
 from pytensor.tensor.elemwise import Elemwise
+from pytensor.tensor.math import Sum
 from pytensor.tensor.special import LogSoftmax, Softmax
 from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
 
@@ -53,6 +56,7 @@ __all__ = [
     "configure_blas",
     "enable_jax_compilation_cache",
     "FastTanhF32",
+    "SumOverBatchAndSpace",
     "jax_available",
     "local_inline_softmax_for_c",
     "resolve_mode",
@@ -515,6 +519,106 @@ optdb.register(
     "fast_run",
     "cxx_only",
     position=49.4,  # after elemwise fusion (49), before the in-place rewrites (50.5)
+)
+
+
+# --------------------------------------------------------------------------
+# The bias gradient of a convolutional layer in C
+# --------------------------------------------------------------------------
+
+
+class SumOverBatchAndSpace(COp):
+    """``x.sum(axis=(0, 2, 3))`` of a 4-D array, accumulated in float64, in the input's dtype.
+
+    This is the gradient of a convolutional layer's bias (``b.dimshuffle('x',
+    0, 'x', 'x')``). PyTensor's C reduction walks these axes one element at a
+    time (3.3 ms for LeNet5's first layer, float32); this one sums each
+    contiguous image plane in a loop the compiler vectorises (about 0.5 ms).
+    Same float64 accumulator as PyTensor's ``Sum{acc=float64}``; only the
+    order of the additions differs.
+    """
+
+    __props__ = ()
+
+    def make_node(self, x):
+        import pytensor.tensor as pt
+
+        x = pt.as_tensor_variable(x)
+        if x.ndim != 4 or x.type.dtype not in ("float32", "float64"):
+            raise TypeError("SumOverBatchAndSpace takes a 4-D float32 or float64 tensor")
+        out = pt.tensor(dtype=x.type.dtype, shape=(x.type.shape[1],))
+        return Apply(self, [x], [out])
+
+    def perform(self, node, inputs, outputs):
+        (x,) = inputs
+        outputs[0][0] = np.asarray(x.sum(axis=(0, 2, 3), dtype="float64"), dtype=x.dtype)
+
+    def infer_shape(self, fgraph, node, shapes):
+        return [(shapes[0][1],)]
+
+    def c_code_cache_version(self):
+        return (1,)
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        (x,), (z,) = inputs, outputs
+        dtype = node.inputs[0].type.dtype
+        ctype = {"float32": "npy_float32", "float64": "npy_float64"}[dtype]
+        fail = sub["fail"]
+        return f"""
+        {{
+            PyArrayObject* cx = PyArray_GETCONTIGUOUS({x});
+            npy_intp B, C, HW, b, c, k;
+            if (cx == NULL) {{ {fail} }}
+            B = PyArray_DIMS(cx)[0]; C = PyArray_DIMS(cx)[1];
+            HW = PyArray_DIMS(cx)[2] * PyArray_DIMS(cx)[3];
+            if ({z} == NULL || PyArray_NDIM({z}) != 1 || PyArray_DIMS({z})[0] != C
+                || !PyArray_IS_C_CONTIGUOUS({z})) {{
+                Py_XDECREF({z});
+                {z} = (PyArrayObject*)PyArray_EMPTY(1, &C, NPY_{dtype.upper()}, 0);
+                if ({z} == NULL) {{ Py_DECREF(cx); {fail} }}
+            }}
+            {{
+                const {ctype}* xd = ({ctype}*)PyArray_DATA(cx);
+                {ctype}* zd = ({ctype}*)PyArray_DATA({z});
+                for (c = 0; c < C; ++c) {{
+                    double acc = 0.0;
+                    for (b = 0; b < B; ++b) {{
+                        const {ctype}* plane = xd + (b * C + c) * HW;
+                        double part = 0.0;
+                        for (k = 0; k < HW; ++k) part += (double)plane[k];
+                        acc += part;
+                    }}
+                    zd[c] = ({ctype})acc;
+                }}
+            }}
+            Py_DECREF(cx);
+        }}
+        """
+
+
+@node_rewriter([Sum])
+def local_bias_grad_sum_for_c(fgraph, node):
+    """Replace ``Sum{axes=(0, 2, 3), acc=float64}`` of a float 4-D array by :class:`SumOverBatchAndSpace`."""
+    op = node.op
+    (x,) = node.inputs
+    dtype = x.type.dtype
+    if x.ndim != 4 or dtype not in ("float32", "float64") or node.outputs[0].type.dtype != dtype:
+        return None
+    if tuple(sorted(op.axis or ())) != (0, 2, 3) or op.acc_dtype != "float64":
+        return None
+    out = SumOverBatchAndSpace()(x)
+    if out.type != node.outputs[0].type:
+        return None
+    copy_stack_trace(node.outputs, [out])
+    return [out]
+
+
+optdb.register(
+    "local_bias_grad_sum_for_c",
+    in2out(local_bias_grad_sum_for_c),
+    "fast_run",
+    "cxx_only",
+    position=49.45,
 )
 
 

@@ -276,3 +276,36 @@ def test_float64_tanh_and_other_backends_keep_libm():
     x32 = pt.vector("x", dtype="float32")
     g = pytensor.function([x32], pt.tanh(x32), mode="NUMBA")
     assert not any(isinstance(op, backend.FastTanhF32) for op in _scalar_ops(g))
+
+
+# --------------------------------------------------------------------------
+# the convolutional bias gradient on the C backend
+# --------------------------------------------------------------------------
+
+
+@needs_cxx
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bias_gradient_sum_in_c(dtype):
+    x = pt.tensor4("x", dtype=dtype)
+    b = pytensor.shared(np.zeros(3, dtype=dtype), name="b")
+    cost = pt.tanh(x + b.dimshuffle("x", 0, "x", "x")).sum()
+    g = pytensor.grad(cost, b)
+    f = pytensor.function([x], g, mode="CVM")
+    assert any(isinstance(n.op, backend.SumOverBatchAndSpace) for n in f.maker.fgraph.toposort())
+    xv = np.random.default_rng(0).standard_normal((5, 3, 7, 6)).astype(dtype)
+    expected = (1 - np.tanh(xv.astype("float64")) ** 2).sum(axis=(0, 2, 3))
+    np.testing.assert_allclose(f(xv), expected, rtol=1e-5 if dtype == "float32" else 1e-13)
+    assert f(xv).dtype == dtype
+
+
+@needs_cxx
+def test_sum_over_batch_and_space_takes_any_strides():
+    x = pt.tensor4("x")
+    s = backend.SumOverBatchAndSpace()(x)
+    f = pytensor.function([x], s, mode="CVM")
+    xv = np.random.default_rng(1).standard_normal((4, 6, 5, 3)).transpose(0, 1, 3, 2)[:, ::2]
+    np.testing.assert_allclose(f(xv), xv.sum(axis=(0, 2, 3)), rtol=1e-13)
+    g = pytensor.function([x], s, mode="NUMBA")  # perform, where there is no C
+    np.testing.assert_allclose(g(xv), xv.sum(axis=(0, 2, 3)), rtol=1e-13)
+    with pytest.raises(TypeError, match="4-D float32 or float64"):
+        backend.SumOverBatchAndSpace()(pt.matrix())
