@@ -29,24 +29,13 @@ Usage::
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-BATCH = 500
-
-
-def _median_ms(step, n_batches, steps, warmup=5):
-    for i in range(warmup):
-        float(step(i % n_batches))
-    times = []
-    for i in range(steps):
-        t0 = time.perf_counter()
-        float(step(i % n_batches))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+from bench_lenet5 import BATCH
+from bench_lenet5 import _time_steps as _median_ms  # median ms, each cost read
 
 
 def _pipelined_ms(step, n_batches, steps):
