@@ -41,6 +41,13 @@ def check_mode(mode):
             raise ValueError(
                 "mode 'JAX' needs jax: pip install 'deeplearning_tutorials[jax]'"
             ) from None
+        from deeplearning_tutorials import training
+        from deeplearning_tutorials.nnet.jax_kernels import conv_precision
+
+        try:
+            conv_precision()  # $DEEPLEARNING_TUTORIALS_JAX_PRECISION, before any compile
+        except ValueError as err:
+            raise training.ArgumentError(str(err)) from None
     return name
 
 
