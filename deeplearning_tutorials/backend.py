@@ -557,13 +557,16 @@ class SumOverBatchAndSpace(COp):
         return [(shapes[0][1],)]
 
     def c_code_cache_version(self):
-        return (1,)
+        return (2,)
 
     def c_code(self, node, name, inputs, outputs, sub):
+        from deeplearning_tutorials.nnet.conv_c import _CTYPE, _alloc_output
+
         (x,), (z,) = inputs, outputs
         dtype = node.inputs[0].type.dtype
-        ctype = {"float32": "npy_float32", "float64": "npy_float64"}[dtype]
+        ctype = _CTYPE[dtype]
         fail = sub["fail"]
+        alloc = _alloc_output(z, 1, "(&C)", f"NPY_{dtype.upper()}", f"Py_DECREF(cx); {fail}")
         return f"""
         {{
             PyArrayObject* cx = PyArray_GETCONTIGUOUS({x});
@@ -571,12 +574,7 @@ class SumOverBatchAndSpace(COp):
             if (cx == NULL) {{ {fail} }}
             B = PyArray_DIMS(cx)[0]; C = PyArray_DIMS(cx)[1];
             HW = PyArray_DIMS(cx)[2] * PyArray_DIMS(cx)[3];
-            if ({z} == NULL || PyArray_NDIM({z}) != 1 || PyArray_DIMS({z})[0] != C
-                || !PyArray_IS_C_CONTIGUOUS({z})) {{
-                Py_XDECREF({z});
-                {z} = (PyArrayObject*)PyArray_EMPTY(1, &C, NPY_{dtype.upper()}, 0);
-                if ({z} == NULL) {{ Py_DECREF(cx); {fail} }}
-            }}
+            {alloc}
             {{
                 const {ctype}* xd = ({ctype}*)PyArray_DATA(cx);
                 {ctype}* zd = ({ctype}*)PyArray_DATA({z});
