@@ -13,13 +13,7 @@ import inspect
 
 import pytensor
 
-MODES = ("NUMBA", "CVM", "JAX", "FAST_COMPILE")
-
-#: Why the whole-graph C linker (PyTensor's mode ``"C"``) is not offered.
-C_MODE_REFUSAL = (
-    "mode 'C' (PyTensor's whole-graph C linker) cannot compile these graphs in "
-    "PyTensor 3; use 'CVM', which runs every node of the tutorials as C code"
-)
+MODES = ("NUMBA", "CVM", "C", "JAX", "FAST_COMPILE")
 FLOATX = ("float32", "float64")
 
 
@@ -28,8 +22,6 @@ def check_mode(mode):
     if mode is None:
         return None
     name = str(mode).upper()
-    if name == "C":
-        raise ValueError(C_MODE_REFUSAL)
     if name not in MODES:
         raise ValueError(
             f"unknown mode {mode!r}: choose one of {', '.join(MODES)}"

@@ -34,6 +34,10 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
+# ``backend`` teaches PyTensor's C backends the tutorials' graphs (softmax, the
+# likelihood's indexing, a BLAS); it must be imported before the first compile.
+# The MLP and LeNet5 lessons import this module, so they get it too.
+from deeplearning_tutorials import backend  # noqa: F401
 from deeplearning_tutorials import cli, datasets, training
 from deeplearning_tutorials.flags import with_flags
 

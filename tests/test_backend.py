@@ -225,11 +225,55 @@ def test_cvm_pick_keeps_index_errors():
         fn(data, [3], [0])
 
 
-def test_lessons_refuse_the_whole_graph_c_linker():
+def test_lessons_offer_the_whole_graph_c_linker():
     from deeplearning_tutorials import flags
 
-    with pytest.raises(ValueError, match="use 'CVM'"):
-        flags.check_mode("C")
+    assert flags.check_mode("c") == "C"
+    assert "C" in flags.MODES
+
+
+@needs_cxx
+def test_mode_c_compiles_without_debugging_information():
+    """Mode "C" is PyTensor's whole-graph C linker, with -g0 after PyTensor's -g."""
+    mode = pytensor.compile.mode.get_mode("C")
+    assert isinstance(mode.linker, backend.WholeGraphCLinker)
+    x = pt.dvector("x")
+    f = pytensor.function([x], pt.exp(x).sum(), mode="C")
+    assert f(np.zeros(3)) == 3.0
+    args = f.maker.linker.compile_args()
+    assert args[-1] == "-g0" and "-O3" in args
+
+
+_FIRST_COMPILE_SCRIPT = """
+import numpy as np, pytensor, pytensor.tensor as pt
+from deeplearning_tutorials.logistic_sgd import LogisticRegression
+x, y = pt.dmatrix("x"), pt.ivector("y")
+clf = LogisticRegression(input=x, n_in=4, n_out=3)
+f = pytensor.function([x, y], [clf.errors(y), clf.negative_log_likelihood(y)], mode={mode!r})
+err, nll = f(np.ones((2, 4)), np.array([0, 2], dtype="int32"))
+print(float(err), float(nll))
+"""
+
+
+@needs_cxx
+@pytest.mark.parametrize("mode", ["C", "CVM"])
+def test_a_lessons_first_compile_already_has_the_backend_glue(mode, tmp_path):
+    """The first function a fresh process compiles after importing a lesson gets the C rewrites.
+
+    ``logistic_sgd`` (which ``mlp`` and ``convolutional_mlp`` import) imports
+    ``backend``; without that, the softmax stays an ``OpFromGraph`` with no C
+    code and mode ``"C"`` refuses the graph. A fresh compile directory makes
+    sure no cached module imports ``backend`` behind the scenes.
+    """
+    env = dict(os.environ, PYTENSOR_FLAGS=f"base_compiledir={tmp_path}")
+    out = subprocess.run(
+        [sys.executable, "-c", _FIRST_COMPILE_SCRIPT.format(mode=mode)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    err, nll = map(float, out.stdout.split())
+    # Zero weights: every class has probability 1/3, argmax is class 0.
+    assert err == 0.5 and nll == pytest.approx(np.log(3.0), rel=1e-12)
 
 
 # --------------------------------------------------------------------------

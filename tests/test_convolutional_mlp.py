@@ -86,7 +86,7 @@ def test_initial_weights_follow_the_original_draws():
         assert not layer.b.get_value().any()
 
 
-@pytest.mark.parametrize("mode", ["NUMBA", "CVM", "JAX"])
+@pytest.mark.parametrize("mode", ["NUMBA", "CVM", "C", "JAX"])
 def test_first_three_costs_equal_the_original_library(mnist_arrays, mode):
     if mode == "JAX":
         pytest.importorskip("jax")
@@ -99,7 +99,7 @@ def test_first_three_costs_equal_the_original_library(mnist_arrays, mode):
 def test_backends_agree_after_a_few_steps(mnist_arrays):
     """Parameters and validation error after 4 steps agree across backends (float64)."""
     results = {}
-    modes = ["NUMBA", "CVM"]
+    modes = ["NUMBA", "CVM", "C"]
     try:
         import jax  # noqa: F401
 
@@ -123,7 +123,7 @@ def test_backends_agree_after_a_few_steps(mnist_arrays):
             np.testing.assert_allclose(p, q, rtol=1e-9, atol=1e-12, err_msg=mode)
 
 
-@pytest.mark.parametrize("mode", ["NUMBA", "CVM", "JAX"])
+@pytest.mark.parametrize("mode", ["NUMBA", "CVM", "C", "JAX"])
 def test_float32_first_costs_are_close_to_float64(mnist_arrays, mode):
     """float32 stays float32 on every backend and agrees with the float64 numbers."""
     with pytensor.config.change_flags(floatX="float32", mode=mode):
