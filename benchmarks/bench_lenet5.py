@@ -1,11 +1,15 @@
 """Time the LeNet5 port on every backend, and PyTorch, in one run on one machine.
 
 Each configuration runs in its own process, one after the other, so that they do
-not share caches or threads.  For each we report:
+not share caches or threads: first one cold run per backend, then ``--repeat``
+rounds of warm runs in which every configuration, PyTorch included, takes its
+turn, so that a slow spell of a shared machine falls on all of them.  Each
+figure is the median over the rounds.  For each we report:
 
-* ``compile s``: building the graph and compiling the training function (first
-  call included), with a cold cache (a fresh PyTensor compile directory) and
-  again with a warm one (the same directory, a new process);
+* ``compile s``: building the graph and compiling the training and validation
+  functions (the first training call included), with a cold cache (a fresh
+  PyTensor compile directory) and again with a warm one (the same directory,
+  a new process);
 * ``train ms``: the median wall time of one training minibatch (batch 500),
   after a warm-up;
 * ``valid ms``: one validation pass (20 minibatches of 500, as the tutorial
@@ -25,6 +29,7 @@ when that variable is set, else the tutorial's lookup of ``mnist.pkl.gz``).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -153,6 +158,15 @@ def _child(args):
     print("RESULT " + json.dumps(out))
 
 
+def _median_run(results):
+    """The median of each figure over the runs that succeeded (the last error if none did)."""
+    good = [r for r in results if "error" not in r]
+    if not good:
+        return results[-1] if results else {"error": "not run"}
+    return {key: statistics.median(r[key] for r in good)
+            for key in ("compile_s", "train_ms", "valid_ms") if key in good[0]}
+
+
 def _spawn(config, floatX, args, env):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", config, "--floatX", floatX,
            "--steps", str(args.steps), "--dataset", args.dataset]
@@ -167,9 +181,11 @@ def _spawn(config, floatX, args, env):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--modes", nargs="+", default=["NUMBA", "CVM", "JAX"])
+    parser.add_argument("--modes", nargs="+", default=["NUMBA", "CVM", "C", "JAX"])
     parser.add_argument("--floatX", nargs="+", default=["float32", "float64"])
     parser.add_argument("--steps", type=int, default=10, help="timed training minibatches")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="rounds of warm runs; each figure is the median over the rounds")
     parser.add_argument("--dataset", default=_dataset_default())
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -179,22 +195,35 @@ def main(argv=None):
 
     rows = []
     for floatX in args.floatX:
-        torch_row = None
-        if not args.no_torch:
-            torch_row = _spawn("torch", floatX, args, dict(os.environ))
-            rows.append(("PyTorch " + _torch_version(), floatX, torch_row, None))
-        for mode in args.modes:
-            with tempfile.TemporaryDirectory() as compiledir:
+        configs = ([] if args.no_torch else ["torch"]) + list(args.modes)
+        with contextlib.ExitStack() as stack:
+            envs, cold = {"torch": dict(os.environ)}, {}
+            for mode in args.modes:
+                compiledir = stack.enter_context(tempfile.TemporaryDirectory())
                 env = dict(os.environ)
                 env["PYTENSOR_FLAGS"] = ",".join(
                     f for f in (env.get("PYTENSOR_FLAGS"), f"base_compiledir={compiledir}") if f
                 )
                 env["NUMBA_CACHE_DIR"] = os.path.join(compiledir, "numba")
-                cold = _spawn(mode, floatX, args, env)
-                warm = _spawn(mode, floatX, args, env)
-            if "error" not in warm and "error" not in cold:
-                warm["compile_cold_s"] = cold["compile_s"]
-            rows.append((mode, floatX, warm, torch_row))
+                envs[mode] = env
+                cold[mode] = _spawn(mode, floatX, args, env)
+            # Warm runs, the configurations taking turns, so that a slow spell of
+            # a shared machine falls on all of them rather than on one.
+            runs = {config: [] for config in configs}
+            for _ in range(args.repeat):
+                for config in configs:
+                    runs[config].append(_spawn(config, floatX, args, envs[config]))
+        summary = {config: _median_run(runs[config]) for config in configs}
+        for mode in args.modes:
+            if "error" not in summary[mode] and "error" not in cold[mode]:
+                summary[mode]["compile_cold_s"] = cold[mode]["compile_s"]
+            elif "error" in cold[mode]:
+                summary[mode] = cold[mode]
+        torch_row = summary.get("torch")
+        if torch_row is not None:
+            rows.append(("PyTorch " + _torch_version(), floatX, torch_row, None))
+        for mode in args.modes:
+            rows.append((mode, floatX, summary[mode], torch_row))
 
     print()
     print(f"LeNet5, batch {BATCH}; {platform.processor() or platform.machine()}, "

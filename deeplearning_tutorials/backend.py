@@ -1,7 +1,7 @@
 """Backend glue: let the tutorial's unchanged code compile and run well on every backend.
 
 Importing this module (the lessons and :mod:`deeplearning_tutorials.nnet` do)
-does three things to PyTensor, none of which changes a graph's results:
+does these things to PyTensor, none of which changes a graph's results:
 
 * it registers a rewrite that inlines ``pt.special.softmax`` /
   ``log_softmax`` for the C backends (:func:`local_inline_softmax_for_c`);
@@ -10,6 +10,10 @@ does three things to PyTensor, none of which changes a graph's results:
 * it makes ``pytensor.config.blas__ldflags`` fall back to the OpenBLAS that
   SciPy's wheel ships when PyTensor finds no BLAS and the user set none
   (:func:`configure_blas`);
+* it registers the C backends' other rewrites (the likelihood's indexing,
+  float32 ``tanh``, the convolution bias's gradient) and gives the mode named
+  ``"C"`` a linker that compiles without debugging information
+  (:class:`WholeGraphCLinker`);
 * it provides :func:`resolve_mode`, whose ``"JAX"`` mode keeps never-updated
   shared datasets on the JAX device between calls (:class:`DeviceJAXLinker`),
   and :func:`to_device` / :func:`to_host` for doing that by hand.
