@@ -13,7 +13,7 @@ and C, CVM, Numba and NumPy all end up in the same BLAS.
 from pytensor.graph.utils import MethodNotDefined
 
 # Bump when any C string below changes, so PyTensor recompiles the modules.
-C_CODE_VERSION = (6,)
+C_CODE_VERSION = (7,)
 
 _BLAS_CODE = r"""
 #ifndef DLT_NNET_BLAS_DEFINED
@@ -85,9 +85,11 @@ static void* dlt_scratch(int slot, size_t bytes)
 {
     if (bytes == 0) bytes = 1;
     if (dlt_scratch_size[slot] < bytes) {
+        void* p = NULL;
         free(dlt_scratch_ptr[slot]);
-        dlt_scratch_ptr[slot] = malloc(bytes);
-        dlt_scratch_size[slot] = dlt_scratch_ptr[slot] ? bytes : 0;
+        if (posix_memalign(&p, 64, bytes) != 0) p = NULL;
+        dlt_scratch_ptr[slot] = p;
+        dlt_scratch_size[slot] = p ? bytes : 0;
     }
     return dlt_scratch_ptr[slot];
 }
