@@ -229,6 +229,59 @@ def _pool_out_size(n, ws, ignore_border):
 
 
 @_njit
+def _max_pool_2x2(x3, oh, ow):
+    """2x2 windows that all lie inside ``x3`` (LeNet5's pooling): a fixed-shape loop.
+
+    The maximum is taken in the generic kernel's order (a new value wins only
+    when strictly greater), with selects the compiler vectorises.
+    """
+    M = x3.shape[0]
+    out = np.empty((M, oh, ow), dtype=x3.dtype)
+    for m in range(M):
+        for i in range(oh):
+            for j in range(ow):
+                mx = x3[m, 2 * i, 2 * j]
+                v = x3[m, 2 * i, 2 * j + 1]
+                mx = v if v > mx else mx
+                v = x3[m, 2 * i + 1, 2 * j]
+                mx = v if v > mx else mx
+                v = x3[m, 2 * i + 1, 2 * j + 1]
+                mx = v if v > mx else mx
+                out[m, i, j] = mx
+    return out
+
+
+@_njit
+def _max_pool_grad_2x2(x3, out3, gz3):
+    """The gradient for :func:`_max_pool_2x2`, written row by row without a branch.
+
+    ``g if x == max else 0`` is a select, not a branch: real data takes it one
+    time in four, at random, which a branch mispredicts (the C kernel measured
+    13 ms with a branch against 3.5 ms without for LeNet5's first layer). A NaN
+    or infinite ``g`` is passed on unchanged, as the generic kernel does.
+    """
+    M, H, W = x3.shape
+    oh, ow = out3.shape[1], out3.shape[2]
+    gx = np.empty((M, H, W), dtype=x3.dtype)
+    zero = x3.dtype.type(0)
+    for m in range(M):
+        for r in range(H):
+            i = r >> 1
+            if i >= oh:
+                for c in range(W):
+                    gx[m, r, c] = zero
+                continue
+            for c in range(2 * ow):
+                j = c >> 1
+                mx = out3[m, i, j]
+                g = gz3[m, i, j]
+                gx[m, r, c] = g if x3[m, r, c] == mx else zero
+            for c in range(2 * ow, W):
+                gx[m, r, c] = zero
+    return gx
+
+
+@_njit
 def max_pool_3d(x3, wh, ww, ignore_border):
     """Max over non-overlapping ``(wh, ww)`` windows of ``x3`` (M, H, W).
 
@@ -238,6 +291,8 @@ def max_pool_3d(x3, wh, ww, ignore_border):
     M, H, W = x3.shape
     oh = _pool_out_size(H, wh, ignore_border)
     ow = _pool_out_size(W, ww, ignore_border)
+    if wh == 2 and ww == 2 and 2 * oh <= H and 2 * ow <= W:
+        return _max_pool_2x2(x3, oh, ow)
     out = np.empty((M, oh, ow), dtype=x3.dtype)
     for m in range(M):
         for i in range(oh):
@@ -265,6 +320,8 @@ def max_pool_grad_3d(x3, out3, gz3, wh, ww):
     """
     M, H, W = x3.shape
     oh, ow = out3.shape[1], out3.shape[2]
+    if wh == 2 and ww == 2 and 2 * oh <= H and 2 * ow <= W:
+        return _max_pool_grad_2x2(x3, out3, gz3)
     gx = np.empty((M, H, W), dtype=x3.dtype)
     zero = x3.dtype.type(0)
     for m in range(M):
@@ -298,7 +355,7 @@ def register_numba_dispatch():
 
     # The integer returned with each function salts the cache key: bump it when
     # the kernel changes so that PyTensor's on-disk cache is not reused stale.
-    _version = 2
+    _version = 3
 
     @register_funcify_default_op_cache_key(Conv2d)
     def numba_funcify_Conv2d(op, node=None, **kwargs):
