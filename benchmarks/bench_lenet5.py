@@ -72,10 +72,12 @@ def run_port(mode, floatX, dataset, steps):
     """One configuration of the port, in this process; returns a dict of figures."""
     import pytensor
 
+    from deeplearning_tutorials.backend import heap_for_large_arrays
     from deeplearning_tutorials.testing import lenet5_functions
 
     data = _arrays(dataset, n_train=4 * BATCH)
-    with pytensor.config.change_flags(floatX=floatX, mode=mode):
+    # As the lessons run (flags.with_flags): large arrays from the heap.
+    with pytensor.config.change_flags(floatX=floatX, mode=mode), heap_for_large_arrays():
         t0 = time.perf_counter()
         _, train_model, validate_model = lenet5_functions(data, mode=mode)
         float(train_model(0))

@@ -24,6 +24,7 @@ The JAX minibatch-slicing rewrite lives in
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import logging
@@ -62,6 +63,7 @@ __all__ = [
     "WholeGraphCLinker",
     "configure_blas",
     "enable_jax_compilation_cache",
+    "heap_for_large_arrays",
     "FastTanhF32",
     "SumOverBatchAndSpace",
     "jax_available",
@@ -833,3 +835,75 @@ def _install_whole_graph_c_mode() -> None:
 
 
 _install_whole_graph_c_mode()
+
+
+# --------------------------------------------------------------------------
+# Large arrays from the heap during a run
+# --------------------------------------------------------------------------
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
+# After a run: glibc's default count of mmap'd blocks, and the thresholds its
+# adaptive rule reaches once a program has freed large arrays (any mallopt call
+# switches that rule off, so a "default" of 128 KiB would be worse than before).
+_AFTER_MMAP_MAX = 65536
+_AFTER_MMAP_THRESHOLD = 32 * 1024 * 1024
+_AFTER_TRIM_THRESHOLD = 64 * 1024 * 1024
+
+#: Set this environment variable to leave the C library's allocator alone.
+NO_HEAP_ARRAYS_ENV = "DLT_NO_HEAP_ARRAYS"
+
+
+def _glibc():
+    """The C library, if it is glibc (it has ``mallopt`` and ``malloc_trim``); else None."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_heap_depth = 0
+
+
+@contextlib.contextmanager
+def heap_for_large_arrays():
+    """Serve large allocations from the heap, and keep freed memory, while the block runs.
+
+    glibc gives every allocation of more than 32 MiB (and, until its threshold
+    has adapted, of more than 128 KiB) fresh pages from ``mmap`` and returns them
+    at ``free``. The Numba backend allocates every intermediate array anew at
+    each call, and LeNet5's run to 46 MB in float64, so each minibatch touched
+    them again page by page: the first layer's pooling gradient took 32 ms
+    instead of 4 ms. Inside this block ``mallopt`` turns ``mmap`` off and
+    stops the heap from being trimmed, so freed blocks are reused. On leaving,
+    blocks over 32 MiB get ``mmap`` again and the heap is trimmed above 64 MiB
+    (the thresholds glibc's adaptive rule reaches once a program has freed large
+    arrays; any ``mallopt`` call switches that rule off), and ``malloc_trim``
+    returns what is free. The memory a run holds stays at its peak until then.
+    Nested blocks are fine.
+
+    Does nothing where the C library is not glibc, or when the environment
+    variable ``DLT_NO_HEAP_ARRAYS`` is set.
+    """
+    global _heap_depth
+    libc = None if os.environ.get(NO_HEAP_ARRAYS_ENV) else _glibc()
+    if libc is None:
+        yield
+        return
+    if _heap_depth == 0:
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    _heap_depth += 1
+    try:
+        yield
+    finally:
+        _heap_depth -= 1
+        if _heap_depth == 0:
+            libc.mallopt(_M_MMAP_MAX, _AFTER_MMAP_MAX)
+            libc.mallopt(_M_MMAP_THRESHOLD, _AFTER_MMAP_THRESHOLD)
+            libc.mallopt(_M_TRIM_THRESHOLD, _AFTER_TRIM_THRESHOLD)
+            libc.malloc_trim(0)

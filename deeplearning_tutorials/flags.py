@@ -57,17 +57,21 @@ def with_flags(function):
 
     The wrapped function runs with ``pytensor.config.mode`` and
     ``pytensor.config.floatX`` set to them (when given), so every
-    ``pytensor.function`` it compiles uses that backend.
+    ``pytensor.function`` it compiles uses that backend, and inside
+    :func:`~deeplearning_tutorials.backend.heap_for_large_arrays`, so that the
+    minibatches reuse freed memory instead of faulting in fresh pages.
     """
 
     @functools.wraps(function)
     def wrapper(*args, mode=None, floatX=None, **kwargs):
+        from deeplearning_tutorials.backend import heap_for_large_arrays
+
         flags = {}
         if check_mode(mode) is not None:
             flags["mode"] = check_mode(mode)
         if check_floatX(floatX) is not None:
             flags["floatX"] = floatX
-        with pytensor.config.change_flags(**flags):
+        with pytensor.config.change_flags(**flags), heap_for_large_arrays():
             return function(*args, **kwargs)
 
     signature = inspect.signature(function)

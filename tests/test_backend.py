@@ -353,3 +353,64 @@ def test_sum_over_batch_and_space_takes_any_strides():
     np.testing.assert_allclose(g(xv), xv.sum(axis=(0, 2, 3)), rtol=1e-13)
     with pytest.raises(TypeError, match="4-D float32 or float64"):
         backend.SumOverBatchAndSpace()(pt.matrix())
+
+
+# --------------------------------------------------------------------------
+# Large arrays from the heap during a run
+# --------------------------------------------------------------------------
+
+_HEAP_SCRIPT = r"""
+import ctypes, sys
+import numpy as np
+from deeplearning_tutorials import backend, flags
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+        "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+
+def mmapped(nbytes):
+    # Whether a fresh array of nbytes is served by mmap (glibc's hblkhd grows).
+    before = libc.mallinfo2().hblkhd
+    a = np.ones(nbytes // 8)
+    grew = libc.mallinfo2().hblkhd - before >= nbytes
+    del a
+    return grew
+
+MiB = 1 << 20
+out = [mmapped(64 * MiB)]
+with backend.heap_for_large_arrays():
+    out.append(mmapped(64 * MiB))
+    with backend.heap_for_large_arrays():  # nested
+        pass
+    out.append(mmapped(64 * MiB))
+out.append(mmapped(64 * MiB))
+out.append(mmapped(16 * MiB))
+out.append(flags.with_flags(lambda: mmapped(64 * MiB))())
+print(" ".join(str(int(x)) for x in out))
+"""
+
+
+def _heap_run(env_extra=None):
+    env = dict(os.environ)
+    env.pop(backend.NO_HEAP_ARRAYS_ENV, None)
+    env.update(env_extra or {})
+    out = subprocess.run([sys.executable, "-c", _HEAP_SCRIPT], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()
+
+
+@pytest.mark.skipif(backend._glibc() is None, reason="mallopt is glibc's")
+def test_large_arrays_come_from_the_heap_inside_the_block_and_a_lesson_run():
+    # before | inside | inside, after a nested block | after: 64 MiB, 16 MiB | in a lesson function
+    assert _heap_run() == ["1", "0", "0", "1", "0", "0"]
+
+
+@pytest.mark.skipif(backend._glibc() is None, reason="mallopt is glibc's")
+def test_large_arrays_are_left_to_the_allocator_when_asked():
+    # Untouched: glibc still maps 16 MiB (its threshold has not adapted yet).
+    assert _heap_run({backend.NO_HEAP_ARRAYS_ENV: "1"}) == ["1"] * 6
