@@ -534,6 +534,75 @@ optdb.register(
 )
 
 
+def _register_numba_fast_tanh() -> bool:
+    """Give :class:`FastTanhF32` a Numba implementation and rewrite Numba's float32 ``tanh`` too.
+
+    Numba calls libm's ``tanhf`` (and ``expm1f``), which kept the float32
+    training step's loops scalar: about 17 % of LeNet5's main thread. The same
+    rational function as :data:`FAST_TANHF_CODE`, operation for operation in
+    float32 and rounded as there. Returns False when Numba's PyTensor backend is
+    unavailable.
+    """
+    try:
+        from pytensor.link.numba.dispatch import basic as numba_basic
+        from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
+        from pytensor.link.numba.dispatch.scalar import scalar_op_cache_key
+    except ImportError:
+        return False
+
+    f32 = np.float32
+    clamp = f32(7.90531110763549805)
+    a13, a11, a9 = f32(-2.76076847742355e-16), f32(2.00018790482477e-13), f32(-8.60467152213735e-11)
+    a7, a5, a3 = f32(5.12229709037114e-08), f32(1.48572235717979e-05), f32(6.37261928875436e-04)
+    a1 = f32(4.89352455891786e-03)
+    b6, b4, b2 = f32(1.19825839466702e-06), f32(1.18534705686654e-04), f32(2.26843463243900e-03)
+    b0 = f32(4.89352518554385e-03)
+    tiny = f32(0.0004)
+
+    @register_funcify_and_cache_key(FastTanhF32)
+    def numba_funcify_FastTanhF32(op, node, **kwargs):
+        if node.inputs[0].type.dtype != "float32" or node.outputs[0].type.dtype != "float32":
+
+            @numba_basic.numba_njit
+            def tanh(x):
+                return np.tanh(x)
+
+            return tanh, scalar_op_cache_key(op, cache_version=1, dtype="other")
+
+        # None of PyTensor's default fast-math flags: the C version's operations,
+        # rounded as they are there (no fused multiply-adds, an exact division),
+        # so that a saturated input gives exactly +-1.
+        @numba_basic.numba_njit(fastmath=False)
+        def fast_tanh(x):
+            x = clamp if x > clamp else x
+            x = -clamp if x < -clamp else x
+            x2 = x * x
+            p = x2 * a13 + a11
+            p = x2 * p + a9
+            p = x2 * p + a7
+            p = x2 * p + a5
+            p = x2 * p + a3
+            p = x2 * p + a1
+            p = x * p
+            q = x2 * b6 + b4
+            q = x2 * q + b2
+            q = x2 * q + b0
+            return x if abs(x) < tiny else p / q
+
+        return fast_tanh, scalar_op_cache_key(op, cache_version=3, dtype="float32")
+
+    optdb.register(
+        "local_fast_tanh_f32_for_numba",
+        in2out(local_fast_tanh_f32_for_c),
+        "numba",
+        position=49.4,
+    )
+    return True
+
+
+_register_numba_fast_tanh()
+
+
 # --------------------------------------------------------------------------
 # The bias gradient of a convolutional layer in C
 # --------------------------------------------------------------------------

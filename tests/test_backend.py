@@ -292,33 +292,43 @@ def _scalar_ops(fn):
     return ops
 
 
-@needs_cxx
-def test_cvm_float32_tanh_is_the_fast_one_and_accurate():
+@pytest.mark.parametrize("mode, max_ulps", [("CVM", 5), ("C", 5), ("NUMBA", 6)])
+def test_float32_tanh_is_the_fast_one_and_accurate(mode, max_ulps):
+    if mode != "NUMBA" and not _has_c_compiler():
+        pytest.skip("no C compiler for the C backend")
     x = pt.vector("x", dtype="float32")
     b = pt.scalar("b", dtype="float32")
-    f = pytensor.function([x, b], [pt.tanh(x), pt.tanh(x + b) * 2], mode="CVM")
-    assert sum(isinstance(op, backend.FastTanhF32) for op in _scalar_ops(f)) == 2
+    f = pytensor.function([x, b], [pt.tanh(x), pt.tanh(x + b) * 2], mode=mode)
+    if mode != "C":  # the whole-graph linker's function has no per-node graph to look at
+        assert sum(isinstance(op, backend.FastTanhF32) for op in _scalar_ops(f)) == 2
     xv = np.concatenate([np.linspace(-12, 12, 200_001), 10.0 ** -np.arange(1, 30, 0.5)]).astype("float32")
     got, got2 = f(xv, np.float32(0.0))
     ref = np.tanh(xv.astype("float64"))
-    # at most 5 float32 ulps from the exact value (libm's tanhf is within 2)
+    # a few float32 ulps from the exact value (libm's tanhf is within 2):
+    # measured 4.6 in C, 5.5 in Numba (rounded without fused multiply-adds)
     ulps = np.abs(got - ref) / np.spacing(np.abs(ref).astype("float32"))
-    assert ulps.max() <= 5 and got.dtype == np.float32
+    assert ulps.max() <= max_ulps and ulps.mean() < 1 and got.dtype == np.float32
     np.testing.assert_array_equal(got2, 2 * got)
     special = f(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], "float32"), np.float32(0))[0]
     assert np.isnan(special[0]) and special[1:3].tolist() == [1.0, -1.0]
     assert special[3] == 0.0 and np.signbit(special[4])
 
 
-@needs_cxx
-def test_float64_tanh_and_other_backends_keep_libm():
+@pytest.mark.parametrize("mode", ["CVM", "NUMBA"])
+def test_float64_tanh_keeps_libm(mode):
+    if mode == "CVM" and not _has_c_compiler():
+        pytest.skip("no C compiler for the C backend")
     x = pt.vector("x", dtype="float64")
-    f = pytensor.function([x], pt.tanh(x), mode="CVM")
+    f = pytensor.function([x], pt.tanh(x), mode=mode)
     assert not any(isinstance(op, backend.FastTanhF32) for op in _scalar_ops(f))
     xv = np.linspace(-5, 5, 1001)
     np.testing.assert_allclose(f(xv), np.tanh(xv), rtol=3e-16, atol=0)  # libm against NumPy: 1 ulp
+
+
+def test_jax_keeps_its_own_tanh():
+    pytest.importorskip("jax")
     x32 = pt.vector("x", dtype="float32")
-    g = pytensor.function([x32], pt.tanh(x32), mode="NUMBA")
+    g = pytensor.function([x32], pt.tanh(x32), mode="JAX")
     assert not any(isinstance(op, backend.FastTanhF32) for op in _scalar_ops(g))
 
 
