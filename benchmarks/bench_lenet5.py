@@ -4,7 +4,8 @@ Each configuration runs in its own process, one after the other, so that they do
 not share caches or threads: first one cold run per backend, then ``--repeat``
 rounds of warm runs in which every configuration, PyTorch included, takes its
 turn, so that a slow spell of a shared machine falls on all of them.  Each
-figure is the median over the rounds.  For each we report:
+time is the median over the rounds, and each ratio the median of the ratios
+taken round by round.  For each we report:
 
 * ``compile s``: building the graph and compiling the training and validation
   functions (the first training call included), with a cold cache (a fresh
@@ -14,7 +15,8 @@ figure is the median over the rounds.  For each we report:
   after a warm-up;
 * ``valid ms``: one validation pass (20 minibatches of 500, as the tutorial
   scores the 10,000 validation images);
-* ``x torch``: the ratio to PyTorch's time for the same float type.
+* ``x torch``: the ratio to PyTorch's time for the same float type, in the
+  same round.
 
 PyTorch runs the same architecture, initial weights, data and hyper-parameters
 (its ``conv2d`` is a cross-correlation, so it is given the flipped kernels).
@@ -216,6 +218,14 @@ def main(argv=None):
                 for config in configs:
                     runs[config].append(_spawn(config, floatX, args, envs[config]))
         summary = {config: _median_run(runs[config]) for config in configs}
+        if "torch" in runs:
+            # Ratios round by round (the two runs were seconds apart), then their median.
+            for mode in args.modes:
+                for key in ("train_ms", "valid_ms"):
+                    pairs = [(r[key], t[key]) for r, t in zip(runs[mode], runs["torch"])
+                             if "error" not in r and "error" not in t]
+                    if pairs:
+                        summary[mode]["ratio_" + key] = statistics.median(a / b for a, b in pairs)
         for mode in args.modes:
             if "error" not in summary[mode] and "error" not in cold[mode]:
                 summary[mode]["compile_cold_s"] = cold[mode]["compile_s"]
@@ -239,9 +249,9 @@ def main(argv=None):
             continue
 
         def ratio(key):
-            if not ref or "error" in ref:
+            if not ref or "error" in ref or "ratio_" + key not in r:
                 return ""
-            return f"{r[key] / ref[key]:.2f}"
+            return f"{r['ratio_' + key]:.2f}"
 
         compile_s = (f"{r['compile_cold_s']:.1f} / {r['compile_s']:.1f}"
                      if "compile_cold_s" in r else "")
