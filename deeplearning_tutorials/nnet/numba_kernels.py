@@ -47,6 +47,34 @@ def _flip_filters_2d(w):
     return wf
 
 
+# The rows that im2col copies (and col2im adds back) are only ``ow`` elements
+# long: 8 and 24 in LeNet5. With the length a literal the compiler unrolls and
+# vectorises each row, so those two lengths get loops of their own (as in the C
+# kernels, where this made the second layer's im2col four times faster).
+
+
+@_njit
+def _im2col_rows(x, b0, nb, c, u, v, oh, ow, row, P):
+    if ow == 8:
+        for bb in range(nb):
+            for i in range(oh):
+                base = bb * P + i * 8
+                for j in range(8):
+                    row[base + j] = x[b0 + bb, c, i + u, j + v]
+    elif ow == 24:
+        for bb in range(nb):
+            for i in range(oh):
+                base = bb * P + i * 24
+                for j in range(24):
+                    row[base + j] = x[b0 + bb, c, i + u, j + v]
+    else:
+        for bb in range(nb):
+            for i in range(oh):
+                base = bb * P + i * ow
+                for j in range(ow):
+                    row[base + j] = x[b0 + bb, c, i + u, j + v]
+
+
 @_njit
 def _im2col(x, b0, nb, kh, kw, cols):
     """Fill ``cols`` (C*kh*kw, nb*oh*ow) with the patches of images ``b0:b0+nb``."""
@@ -58,11 +86,29 @@ def _im2col(x, b0, nb, kh, kw, cols):
         for u in range(kh):
             for v in range(kw):
                 k = (c * kh + u) * kw + v
-                for bb in range(nb):
-                    for i in range(oh):
-                        base = bb * P + i * ow
-                        for j in range(ow):
-                            cols[k, base + j] = x[b0 + bb, c, i + u, j + v]
+                _im2col_rows(x, b0, nb, c, u, v, oh, ow, cols[k], P)
+
+
+@_njit
+def _col2im_rows(row, b0, nb, c, u, v, oh, ow, gx, P):
+    if ow == 8:
+        for bb in range(nb):
+            for i in range(oh):
+                base = bb * P + i * 8
+                for j in range(8):
+                    gx[b0 + bb, c, i + u, j + v] += row[base + j]
+    elif ow == 24:
+        for bb in range(nb):
+            for i in range(oh):
+                base = bb * P + i * 24
+                for j in range(24):
+                    gx[b0 + bb, c, i + u, j + v] += row[base + j]
+    else:
+        for bb in range(nb):
+            for i in range(oh):
+                base = bb * P + i * ow
+                for j in range(ow):
+                    gx[b0 + bb, c, i + u, j + v] += row[base + j]
 
 
 @_njit
@@ -76,11 +122,7 @@ def _col2im_add(dcols, b0, nb, kh, kw, gx):
         for u in range(kh):
             for v in range(kw):
                 k = (c * kh + u) * kw + v
-                for bb in range(nb):
-                    for i in range(oh):
-                        base = bb * P + i * ow
-                        for j in range(ow):
-                            gx[b0 + bb, c, i + u, j + v] += dcols[k, base + j]
+                _col2im_rows(dcols[k], b0, nb, c, u, v, oh, ow, gx, P)
 
 
 @_njit
@@ -355,7 +397,7 @@ def register_numba_dispatch():
 
     # The integer returned with each function salts the cache key: bump it when
     # the kernel changes so that PyTensor's on-disk cache is not reused stale.
-    _version = 3
+    _version = 5
 
     @register_funcify_default_op_cache_key(Conv2d)
     def numba_funcify_Conv2d(op, node=None, **kwargs):
