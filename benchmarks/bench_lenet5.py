@@ -74,7 +74,7 @@ def run_port(mode, floatX, dataset, steps):
     """One configuration of the port, in this process; returns a dict of figures."""
     import pytensor
 
-    from deeplearning_tutorials.backend import heap_for_large_arrays
+    from deeplearning_tutorials.backend import heap_for_large_arrays, openblas_cores
     from deeplearning_tutorials.testing import lenet5_functions
 
     data = _arrays(dataset, n_train=4 * BATCH)
@@ -90,7 +90,8 @@ def run_port(mode, floatX, dataset, steps):
         for i in range(20):
             float(validate_model(i))
         valid_ms = (time.perf_counter() - t0) * 1e3
-    return {"compile_s": compile_s, "train_ms": train_ms, "valid_ms": valid_ms}
+    blas = ", ".join(sorted(set(openblas_cores().values()))) or "?"
+    return {"compile_s": compile_s, "train_ms": train_ms, "valid_ms": valid_ms, "openblas": blas}
 
 
 def run_torch(floatX, dataset, steps):
@@ -171,7 +172,13 @@ def _median_run(results):
             for key in ("compile_s", "train_ms", "valid_ms") if key in good[0]}
 
 
+#: What the environment of some machines sets to pin OpenBLAS's kernels (see --openblas-auto).
+OPENBLAS_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
 def _spawn(config, floatX, args, env):
+    if args.openblas_auto:
+        env = {k: v for k, v in env.items() if k not in OPENBLAS_PINS}
     cmd = [sys.executable, os.path.abspath(__file__), "--child", config, "--floatX", floatX,
            "--steps", str(args.steps), "--dataset", args.dataset]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -192,12 +199,16 @@ def main(argv=None):
                         help="rounds of warm runs; each figure is the median over the rounds")
     parser.add_argument("--dataset", default=_dataset_default())
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    parser.add_argument("--openblas-auto", action="store_true",
+                        help="run without $OPENBLAS_CORETYPE and $OPENBLAS_L2_SIZE, so that "
+                             "OpenBLAS picks its kernels for the processor itself (the table "
+                             "says which it ran)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return _child(args)
 
-    rows = []
+    rows, kernels = [], set()
     for floatX in args.floatX:
         configs = ([] if args.no_torch else ["torch"]) + list(args.modes)
         with contextlib.ExitStack() as stack:
@@ -218,6 +229,8 @@ def main(argv=None):
                 for config in configs:
                     runs[config].append(_spawn(config, floatX, args, envs[config]))
         summary = {config: _median_run(runs[config]) for config in configs}
+        kernels.update(r["openblas"] for config in args.modes for r in runs[config]
+                       if "openblas" in r and config != "JAX")
         if "torch" in runs:
             # Ratios round by round (the two runs were seconds apart), then their median.
             for mode in args.modes:
@@ -240,6 +253,12 @@ def main(argv=None):
     print()
     print(f"LeNet5, batch {BATCH}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}")
+    pinned = ", ".join(f"{k}={os.environ[k]}" for k in OPENBLAS_PINS if os.environ.get(k))
+    how = ("OpenBLAS's own choice" if args.openblas_auto or not pinned
+           else f"pinned by the environment: {pinned}")
+    if args.openblas_auto and pinned:
+        how += f"; {pinned} removed for this run"
+    print(f"OpenBLAS kernels of the C and Numba backends: {', '.join(sorted(kernels)) or '?'} ({how})")
     print()
     print("| backend | floatX | train ms | x torch | valid ms | x torch | compile s (cold / warm) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

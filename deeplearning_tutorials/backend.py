@@ -68,6 +68,7 @@ __all__ = [
     "SumOverBatchAndSpace",
     "jax_available",
     "local_inline_softmax_for_c",
+    "openblas_cores",
     "resolve_mode",
     "scipy_openblas_ldflags",
     "to_device",
@@ -857,6 +858,41 @@ def configure_blas() -> None:
 
 
 configure_blas()
+
+
+def openblas_cores() -> dict[str, str]:
+    """``{library file name: kernel set}`` for each OpenBLAS loaded in this process.
+
+    OpenBLAS picks its kernels (``"Haswell"``, ``"SkylakeX"``, ...) from the processor when
+    it is loaded, unless ``$OPENBLAS_CORETYPE`` names them. On the 2-core AMD Zen 5
+    machines this port was measured on, the AVX-512 ``SkylakeX`` kernels run ``sgemm`` at
+    430 GFLOP/s and the AVX2 ``Haswell`` ones at 239, so which one a run got matters for
+    every CPU figure; :mod:`benchmarks.bench_lenet5` prints it. Read through
+    ``openblas_get_corename`` (with SciPy's ``scipy_`` symbol prefix, or none) from the
+    libraries in ``/proc/self/maps``; empty where that cannot be read (not Linux).
+    """
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            paths = sorted({fields[-1] for fields in (line.split() for line in maps)
+                            if len(fields) >= 6 and fields[-1].startswith("/")
+                            and "openblas" in os.path.basename(fields[-1]).lower()})
+    except OSError:
+        return {}
+    cores = {}
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
+        except OSError:
+            continue
+        for symbol in ("scipy_openblas_get_corename", "openblas_get_corename",
+                       "scipy_openblas_get_corename64_", "openblas_get_corename64_"):
+            fn = getattr(lib, symbol, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                fn.argtypes = []
+                cores[os.path.basename(path)] = (fn() or b"?").decode("ascii", "replace").strip()
+                break
+    return cores
 
 
 def _install_device_jax_mode() -> None:
