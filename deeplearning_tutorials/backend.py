@@ -615,7 +615,8 @@ class SumOverBatchAndSpace(COp):
     This is the gradient of a convolutional layer's bias (``b.dimshuffle('x',
     0, 'x', 'x')``). PyTensor's C reduction walks these axes one element at a
     time (3.3 ms for LeNet5's first layer, float32); this one sums each
-    contiguous image plane in a loop the compiler vectorises (about 0.5 ms).
+    contiguous image plane into eight running sums, which the compiler keeps in
+    vector registers (0.2 ms; one running sum took 1.3 ms).
     Same float64 accumulator as PyTensor's ``Sum{acc=float64}``; only the
     order of the additions differs.
     """
@@ -639,7 +640,7 @@ class SumOverBatchAndSpace(COp):
         return [(shapes[0][1],)]
 
     def c_code_cache_version(self):
-        return (2,)
+        return (3,)
 
     def c_code(self, node, name, inputs, outputs, sub):
         from deeplearning_tutorials.nnet.conv_c import _CTYPE, _alloc_output
@@ -661,14 +662,19 @@ class SumOverBatchAndSpace(COp):
                 const {ctype}* xd = ({ctype}*)PyArray_DATA(cx);
                 {ctype}* zd = ({ctype}*)PyArray_DATA({z});
                 for (c = 0; c < C; ++c) {{
-                    double acc = 0.0;
+                    /* Eight running sums: one chain of dependent additions would
+                       wait for each, four times slower than the memory. */
+                    double acc[8] = {{0, 0, 0, 0, 0, 0, 0, 0}};
                     for (b = 0; b < B; ++b) {{
                         const {ctype}* plane = xd + (b * C + c) * HW;
-                        double part = 0.0;
-                        for (k = 0; k < HW; ++k) part += (double)plane[k];
-                        acc += part;
+                        for (k = 0; k + 8 <= HW; k += 8) {{
+                            int q;
+                            for (q = 0; q < 8; ++q) acc[q] += (double)plane[k + q];
+                        }}
+                        for (; k < HW; ++k) acc[k % 8] += (double)plane[k];
                     }}
-                    zd[c] = ({ctype})acc;
+                    zd[c] = ({ctype})(((acc[0] + acc[1]) + (acc[2] + acc[3]))
+                                     + ((acc[4] + acc[5]) + (acc[6] + acc[7])));
                 }}
             }}
             Py_DECREF(cx);
