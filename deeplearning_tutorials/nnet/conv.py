@@ -169,6 +169,11 @@ class _ConvOpBase(COp):
 
         return conv_c.C_CODE_VERSION
 
+    def c_libraries(self, **kwargs):
+        from deeplearning_tutorials.nnet import conv_c
+
+        return list(conv_c.LIBRARIES)
+
 
 class Conv2d(_ConvOpBase):
     """True 'valid' 2-D convolution of a batch of multi-map images.

@@ -177,6 +177,11 @@ class MaxPool2d(COp):
 
         return conv_c.POOL_SUPPORT_CODE
 
+    def c_libraries(self, **kwargs):
+        from deeplearning_tutorials.nnet import conv_c
+
+        return list(conv_c.LIBRARIES)
+
 
 class MaxPool2dGrad(COp):
     """Gradient of :class:`MaxPool2d`: inputs ``(x, maxout, gz)``, output ``gx`` like ``x``.
@@ -233,6 +238,11 @@ class MaxPool2dGrad(COp):
         from deeplearning_tutorials.nnet import conv_c
 
         return conv_c.POOL_SUPPORT_CODE
+
+    def c_libraries(self, **kwargs):
+        from deeplearning_tutorials.nnet import conv_c
+
+        return list(conv_c.LIBRARIES)
 
 
 def pool_2d(input, ws, ignore_border=True, mode="max"):
