@@ -366,6 +366,54 @@ def test_sum_over_batch_and_space_takes_any_strides():
 
 
 # --------------------------------------------------------------------------
+# a convolutional layer's tanh(pooled + bias) on the C backend
+# --------------------------------------------------------------------------
+
+
+@needs_cxx
+@pytest.mark.parametrize("mode", ["CVM", "C"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bias_tanh_in_c_is_the_fused_loops_arithmetic(mode, dtype):
+    x = pt.tensor4("x", dtype=dtype)
+    b = pt.vector("b", dtype=dtype)
+    y = pt.tanh(x + b.dimshuffle("x", 0, "x", "x"))
+    f = pytensor.function([x, b], y, mode=mode)
+    rng = np.random.default_rng(3)
+    # 40 x 7 planes of 5 x 3: split over the threads; tanh saturated and not.
+    xv = (rng.standard_normal((40, 7, 5, 3)) * 4).astype(dtype)
+    bv = rng.standard_normal(7).astype(dtype)
+    got = f(xv, bv)
+    if mode == "CVM":
+        assert any(isinstance(n.op, backend.BiasTanh) for n in f.maker.fgraph.toposort())
+    # The same sum, then the same tanh, as PyTensor's fused loop (without the rewrite).
+    without = pytensor.compile.mode.get_mode(mode).excluding("local_bias_tanh_for_c")
+    g = pytensor.function([x, b], y, mode=without)
+    assert not any(isinstance(n.op, backend.BiasTanh) for n in g.maker.fgraph.toposort())
+    np.testing.assert_array_equal(got, g(xv, bv))
+    ref = np.tanh(xv.astype("float64") + bv[None, :, None, None])
+    np.testing.assert_allclose(got, ref, rtol=0, atol=4e-7 if dtype == "float32" else 3e-16)
+    assert got.dtype == dtype
+
+
+@needs_cxx
+def test_bias_tanh_leaves_other_broadcasts_alone_and_checks_channels():
+    x = pt.tensor4("x")
+    b = pt.vector("b")
+    for y in (pt.tanh(x + b.dimshuffle("x", "x", "x", 0)), pt.tanh(x + x), pt.tanh(x) + b[0]):
+        f = pytensor.function([x, b], y, mode="CVM", on_unused_input="ignore")
+        assert not any(isinstance(n.op, backend.BiasTanh) for n in f.maker.fgraph.toposort())
+    op = backend.BiasTanh()
+    f = pytensor.function([x, b], op(x, b.dimshuffle("x", 0, "x", "x")), mode="CVM")
+    with pytest.raises(ValueError, match="channel"):
+        f(np.zeros((2, 3, 4, 4)), np.zeros(5))
+    with pytest.raises(TypeError, match=r"\(1, C, 1, 1\)"):
+        op(x, x)
+    g = pytensor.function([x, b], op(x, b.dimshuffle("x", 0, "x", "x")), mode="NUMBA")  # perform
+    xv = np.random.default_rng(4).standard_normal((2, 3, 4, 4))
+    np.testing.assert_allclose(g(xv, np.ones(3)), np.tanh(xv + 1), rtol=1e-15)
+
+
+# --------------------------------------------------------------------------
 # Large arrays from the heap during a run
 # --------------------------------------------------------------------------
 
