@@ -15,7 +15,7 @@ from pytensor.graph.utils import MethodNotDefined
 from deeplearning_tutorials.nnet.threads_c import LIBRARIES, THREADS_CODE
 
 # Bump when any C string below changes, so PyTensor recompiles the modules.
-C_CODE_VERSION = (13,)
+C_CODE_VERSION = (14,)
 
 _BLAS_CODE = r"""
 #ifndef DLT_NNET_BLAS_DEFINED

@@ -28,7 +28,9 @@ count, a GEMM's parts run on threads started for that call.
 
 How many threads: ``$DLT_NUM_THREADS``, else OpenBLAS's thread count (which follows
 ``$OPENBLAS_NUM_THREADS``, ``$OMP_NUM_THREADS`` and the processors), else the processors
-this process may use; at most 16. ``DLT_NUM_THREADS=1`` runs every loop in the calling
+this process may use; at most 16. Where SciPy's BLAS cannot be handed the pool (an
+OpenBLAS before 0.3.27, another BLAS), one thread unless ``$DLT_NUM_THREADS`` says
+otherwise: a pool beside a BLAS's own spinning threads slows both. ``DLT_NUM_THREADS=1`` runs every loop in the calling
 thread and leaves OpenBLAS's threads alone, as before. Workers start with every signal
 blocked (Python's handlers stay with the main thread) and are started again in a child
 process after ``fork``. Without POSIX threads (Windows) every loop runs in the calling
@@ -265,13 +267,23 @@ static void dlt_blas_callback(int sync, dlt_blas_dojob dojob, int numjobs, size_
    from an Op; after fork possibly from OpenBLAS's callback, when Python is not used. */
 static void dlt_pool_start_locked(void)
 {
+    typedef void (*setcb_t)(void*);
     int n = dlt_env_threads("DLT_NUM_THREADS"), i, blas_threads = 0;
     void* lib = dlt_pool_blas_hooked ? NULL : dlt_pool_blas_lib;
+    setcb_t setcb = NULL;
     sigset_t all, old;
     if (lib != NULL) {
         int (*get)(void) = (int (*)(void))dlt_dlsym2(lib, "scipy_openblas_get_num_threads",
                                                       "openblas_get_num_threads");
         if (get != NULL) blas_threads = get();
+        setcb = (setcb_t)dlt_dlsym2(lib, "scipy_openblas_set_threads_callback_function",
+                                    "openblas_set_threads_callback_function");
+    }
+    if (n <= 0 && !dlt_pool_blas_hooked && setcb == NULL) {
+        /* No way to give OpenBLAS our threads (an OpenBLAS before 0.3.27, or
+           another BLAS): a second pool beside its spinning threads would make
+           both slower, so one thread, as before, unless DLT_NUM_THREADS says. */
+        n = 1;
     }
     if (n <= 0) n = blas_threads;
     if (n <= 0) n = dlt_env_threads("OMP_NUM_THREADS");
@@ -303,14 +315,9 @@ static void dlt_pool_start_locked(void)
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     __atomic_store_n(&dlt_pool_size, i, __ATOMIC_RELEASE);  /* started workers and the caller */
-    if (lib != NULL && dlt_pool_size > 1) {
-        typedef void (*setcb_t)(void*);
-        setcb_t setcb = (setcb_t)dlt_dlsym2(lib, "scipy_openblas_set_threads_callback_function",
-                                            "openblas_set_threads_callback_function");
-        if (setcb != NULL) {
-            setcb((void*)dlt_blas_callback);
-            dlt_pool_blas_hooked = 1;
-        }
+    if (setcb != NULL && dlt_pool_size > 1) {
+        setcb((void*)dlt_blas_callback);
+        dlt_pool_blas_hooked = 1;
     }
 }
 
