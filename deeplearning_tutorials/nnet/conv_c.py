@@ -15,7 +15,7 @@ from pytensor.graph.utils import MethodNotDefined
 from deeplearning_tutorials.nnet.threads_c import LIBRARIES, THREADS_CODE
 
 # Bump when any C string below changes, so PyTensor recompiles the modules.
-C_CODE_VERSION = (14,)
+C_CODE_VERSION = (15,)
 
 _BLAS_CODE = r"""
 #ifndef DLT_NNET_BLAS_DEFINED
@@ -246,7 +246,8 @@ static void dlt_copies_SFX_run(dlt_copies_SFX* t)
     long n = t->a_nb > t->g_nb ? t->a_nb : t->g_nb;
     if (t->c_nb > n) n = t->c_nb;
     if (n > 0)
-        /* Threads only where there is enough to copy (a chunk is about 2**20 elements). */
+        /* A part per thread, each a range of the chunk's images (a chunk holds about
+           2**20 elements: always worth the threads). */
         dlt_parallel(dlt_copies_task_SFX, t, n);
     t->a_nb = t->g_nb = t->c_nb = 0;
 }
