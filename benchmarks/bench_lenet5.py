@@ -25,6 +25,13 @@ Usage::
 
     python benchmarks/bench_lenet5.py                       # everything
     python benchmarks/bench_lenet5.py --modes NUMBA --floatX float32 --steps 20
+    python benchmarks/bench_lenet5.py --openblas-auto       # OpenBLAS picks its kernels
+
+The table's heading says which kernels OpenBLAS ran (``backend.openblas_cores``):
+on the 2-core AMD Zen 5 machines of the docs, OpenBLAS picks AVX-512 "SkylakeX"
+kernels, twice as fast as the AVX2 "Haswell" ones that those machines'
+environment pins with ``$OPENBLAS_CORETYPE``; ``--openblas-auto`` removes that
+variable (and ``$OPENBLAS_L2_SIZE``) for the runs.
 
 MNIST is read from ``--dataset`` (default: ``$DEEPLEARNING_TUTORIALS_MNIST/../mnist.pkl.gz``
 when that variable is set, else the tutorial's lookup of ``mnist.pkl.gz``).
