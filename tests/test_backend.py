@@ -1,6 +1,8 @@
 """The backend glue: resolve_mode, softmax on the C backend, the BLAS fallback."""
 
+import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -363,6 +365,23 @@ def test_sum_over_batch_and_space_takes_any_strides():
     np.testing.assert_allclose(g(xv), xv.sum(axis=(0, 2, 3)), rtol=1e-13)
     with pytest.raises(TypeError, match="4-D float32 or float64"):
         backend.SumOverBatchAndSpace()(pt.matrix())
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64") or not os.path.exists("/proc/self/maps"),
+                    reason="names an x86-64 kernel set; reads /proc/self/maps")
+@pytest.mark.parametrize("coretype", ["Haswell", "Sandybridge"])
+def test_openblas_cores_names_the_kernels_openblas_runs(coretype):
+    # OPENBLAS_CORETYPE is read when the library loads: a fresh interpreter for each.
+    code = ("import json, scipy.linalg\n"
+            "from deeplearning_tutorials.backend import openblas_cores\n"
+            "print(json.dumps(openblas_cores()))")
+    env = {**os.environ, "OPENBLAS_CORETYPE": coretype}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    cores = json.loads(out.strip().splitlines()[-1])
+    scipy_lp64 = [name for name in cores if name.startswith("libscipy_openblas-")]
+    assert scipy_lp64, cores
+    assert cores[scipy_lp64[0]].lower() == coretype.lower()
 
 
 # --------------------------------------------------------------------------
