@@ -52,6 +52,8 @@ from pytensor.tensor.shape import Shape_i
 from pytensor.tensor.special import LogSoftmax, Softmax
 from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
 
+from deeplearning_tutorials.nnet.threads_c import UsesThreadPool
+
 try:  # PyTensor 3.0; later versions merged them into the Ops above, with C code.
     from pytensor.tensor.subtensor import AdvancedIncSubtensor1, AdvancedSubtensor1
 except ImportError:
@@ -610,7 +612,7 @@ _register_numba_fast_tanh()
 # --------------------------------------------------------------------------
 
 
-class SumOverBatchAndSpace(COp):
+class SumOverBatchAndSpace(UsesThreadPool, COp):
     """``x.sum(axis=(0, 2, 3))`` of a 4-D array, accumulated in float64, in the input's dtype.
 
     This is the gradient of a convolutional layer's bias (``b.dimshuffle('x',
@@ -646,25 +648,17 @@ class SumOverBatchAndSpace(COp):
         return (4, *conv_c.C_CODE_VERSION)
 
     def c_support_code(self, **kwargs):
-        from deeplearning_tutorials.nnet import threads_c
+        from deeplearning_tutorials.nnet import conv_c, threads_c
 
-        return threads_c.THREADS_CODE + "".join(
-            _SUM_TEMPLATE.replace("SFX", sfx).replace("DLT_T", ctype)
-            for sfx, ctype in (("f32", "float"), ("f64", "double"))
-        )
-
-    def c_libraries(self, **kwargs):
-        from deeplearning_tutorials.nnet import threads_c
-
-        return list(threads_c.LIBRARIES)
+        return (threads_c.THREADS_CODE + conv_c._kernels(_SUM_TEMPLATE, "float", "f32")
+                + conv_c._kernels(_SUM_TEMPLATE, "double", "f64"))
 
     def c_code(self, node, name, inputs, outputs, sub):
-        from deeplearning_tutorials.nnet.conv_c import _CTYPE, PARALLEL_MIN_ELEMENTS, _alloc_output
+        from deeplearning_tutorials.nnet.conv_c import _CTYPE, PARALLEL_MIN_ELEMENTS, _alloc_output, _sfx
 
         (x,), (z,) = inputs, outputs
-        dtype = node.inputs[0].type.dtype
+        sfx, dtype = _sfx(node)
         ctype = _CTYPE[dtype]
-        sfx = {"float32": "f32", "float64": "f64"}[dtype]
         fail = sub["fail"]
         alloc = _alloc_output(z, 1, "(&C)", f"NPY_{dtype.upper()}", f"Py_DECREF(cx); {fail}")
         return f"""
@@ -767,7 +761,7 @@ static void dlt_bias_tanh_task_SFX(void* arg, int part, int nparts)
 """
 
 
-class BiasTanh(COp):
+class BiasTanh(UsesThreadPool, COp):
     """``tanh(x + b)`` of a 4-D ``x`` and a ``b`` broadcast over axes 0, 2 and 3.
 
     A convolutional layer's output (``T.tanh(pooled_out + self.b.dimshuffle('x', 0, 'x',
@@ -805,28 +799,20 @@ class BiasTanh(COp):
         return (1, *conv_c.C_CODE_VERSION)
 
     def c_support_code(self, **kwargs):
-        from deeplearning_tutorials.nnet import threads_c
+        from deeplearning_tutorials.nnet import conv_c, threads_c
 
         return (
             threads_c.THREADS_CODE
             + FAST_TANHF_CODE
-            + _BIAS_TANH_TEMPLATE.replace("SFX", "f32").replace("DLT_T", "float")
-            .replace("TANH(", "dlt_fast_tanhf(")
-            + _BIAS_TANH_TEMPLATE.replace("SFX", "f64").replace("DLT_T", "double")
-            .replace("TANH(", "tanh(")
+            + conv_c._kernels(_BIAS_TANH_TEMPLATE.replace("TANH(", "dlt_fast_tanhf("), "float", "f32")
+            + conv_c._kernels(_BIAS_TANH_TEMPLATE.replace("TANH(", "tanh("), "double", "f64")
         )
 
-    def c_libraries(self, **kwargs):
-        from deeplearning_tutorials.nnet import threads_c
-
-        return list(threads_c.LIBRARIES)
-
     def c_code(self, node, name, inputs, outputs, sub):
-        from deeplearning_tutorials.nnet.conv_c import _CTYPE, PARALLEL_MIN_ELEMENTS, _alloc_output
+        from deeplearning_tutorials.nnet.conv_c import _CTYPE, PARALLEL_MIN_ELEMENTS, _alloc_output, _sfx
 
         (x, b), (z,) = inputs, outputs
-        dtype = node.inputs[0].type.dtype
-        sfx = {"float32": "f32", "float64": "f64"}[dtype]
+        sfx, dtype = _sfx(node)
         ctype = _CTYPE[dtype]
         fail = sub["fail"]
         alloc = _alloc_output(z, 4, "PyArray_DIMS(cx)", f"NPY_{dtype.upper()}",

@@ -25,6 +25,8 @@ from pytensor.graph.basic import Apply
 from pytensor.link.c.op import COp
 from pytensor.scalar import upcast
 
+from deeplearning_tutorials.nnet.threads_c import UsesThreadPool
+
 __all__ = ["conv2d", "Conv2d", "Conv2dGradInputs", "Conv2dGradFilters"]
 
 
@@ -161,18 +163,13 @@ def _diff_plus_one(a, b):
     return None if a is None or b is None else a - b + 1
 
 
-class _ConvOpBase(COp):
+class _ConvOpBase(UsesThreadPool, COp):
     __props__ = ()
 
     def c_code_cache_version(self):
         from deeplearning_tutorials.nnet import conv_c
 
         return conv_c.C_CODE_VERSION
-
-    def c_libraries(self, **kwargs):
-        from deeplearning_tutorials.nnet import conv_c
-
-        return list(conv_c.LIBRARIES)
 
 
 class Conv2d(_ConvOpBase):

@@ -12,7 +12,7 @@ and C, CVM, Numba and NumPy all end up in the same BLAS.
 
 from pytensor.graph.utils import MethodNotDefined
 
-from deeplearning_tutorials.nnet.threads_c import LIBRARIES, THREADS_CODE
+from deeplearning_tutorials.nnet.threads_c import THREADS_CODE
 
 # Bump when any C string below changes, so PyTensor recompiles the modules.
 C_CODE_VERSION = (15,)

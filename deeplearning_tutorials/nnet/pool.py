@@ -19,6 +19,8 @@ from pytensor.gradient import grad_not_implemented
 from pytensor.graph.basic import Apply
 from pytensor.link.c.op import COp
 
+from deeplearning_tutorials.nnet.threads_c import UsesThreadPool
+
 __all__ = ["pool_2d", "max_pool_2d", "MaxPool2d", "MaxPool2dGrad"]
 
 
@@ -111,7 +113,7 @@ def _as_pool_input(x):
     return x
 
 
-class MaxPool2d(COp):
+class MaxPool2d(UsesThreadPool, COp):
     """Max pooling over non-overlapping ``ws`` windows of the last two axes.
 
     Parameters
@@ -177,13 +179,8 @@ class MaxPool2d(COp):
 
         return conv_c.POOL_SUPPORT_CODE
 
-    def c_libraries(self, **kwargs):
-        from deeplearning_tutorials.nnet import conv_c
 
-        return list(conv_c.LIBRARIES)
-
-
-class MaxPool2dGrad(COp):
+class MaxPool2dGrad(UsesThreadPool, COp):
     """Gradient of :class:`MaxPool2d`: inputs ``(x, maxout, gz)``, output ``gx`` like ``x``.
 
     Every input equal to its window's maximum gets the window's ``gz`` (Theano's
@@ -238,11 +235,6 @@ class MaxPool2dGrad(COp):
         from deeplearning_tutorials.nnet import conv_c
 
         return conv_c.POOL_SUPPORT_CODE
-
-    def c_libraries(self, **kwargs):
-        from deeplearning_tutorials.nnet import conv_c
-
-        return list(conv_c.LIBRARIES)
 
 
 def pool_2d(input, ws, ignore_border=True, mode="max"):

@@ -42,6 +42,13 @@ import os
 #: Libraries the Ops that use the pool link with.
 LIBRARIES = ["pthread", "dl"] if os.name == "posix" else []
 
+
+class UsesThreadPool:
+    """Mixin for a ``COp`` whose C code calls :c:func:`dlt_parallel`: links :data:`LIBRARIES`."""
+
+    def c_libraries(self, **kwargs):
+        return list(LIBRARIES)
+
 #: Set by the C code: a capsule holding the process's pool (see the module docstring).
 _pool_v1 = None
 
