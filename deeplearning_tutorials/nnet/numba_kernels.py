@@ -18,6 +18,7 @@ backend; :mod:`deeplearning_tutorials.nnet` calls it on import.
 """
 
 import numba
+import numba.extending
 import numpy as np
 
 # Elements in one chunk's column matrix: 2**20 elements (8 MiB in float64,
@@ -380,6 +381,159 @@ def max_pool_grad_3d(x3, out3, gz3, wh, ww):
     return gx
 
 
+# The C kernels (:mod:`.numba_c`), called by name from the Numba functions below. Each
+# ``c_*`` function is a stub that only Numba calls: its overload picks the library's
+# function for the arrays' dtype when Numba types the call (the cache key of an Op's
+# Numba function does not hold the dtypes), and the Numba kernel above for any other
+# dtype, or when the library is not loaded.
+_C_ARGS = {"conv_fwd": (3, 7), "conv_gi": (3, 7), "conv_gw": (3, 7), "pool": (4, 7)}
+
+
+def _c_function(kind, dtype):
+    """The library's ``kind`` kernel for ``dtype`` (a Numba type) as an external function, or None."""
+    from deeplearning_tutorials.nnet import numba_c
+
+    if not numba_c.load() or str(dtype) not in ("float32", "float64"):
+        return None
+    from numba.core import types
+
+    n_ptr, n_int = _C_ARGS[kind]
+    sig = types.int32(*([types.uintp] * n_ptr + [types.int64] * n_int))
+    return types.ExternalFunction(numba_c.symbol(kind, str(dtype)), sig)
+
+
+def c_conv2d_valid(x, w):
+    """:func:`conv2d_valid` through the C library (Numba only)."""
+    raise NotImplementedError("only callable from Numba")
+
+
+def c_conv2d_grad_inputs(gz, w):
+    """:func:`conv2d_grad_inputs` through the C library (Numba only)."""
+    raise NotImplementedError("only callable from Numba")
+
+
+def c_conv2d_grad_filters(x, gz):
+    """:func:`conv2d_grad_filters` through the C library (Numba only)."""
+    raise NotImplementedError("only callable from Numba")
+
+
+def c_max_pool_3d(x3, wh, ww, ignore_border):
+    """:func:`max_pool_3d` through the C library (Numba only)."""
+    raise NotImplementedError("only callable from Numba")
+
+
+def c_max_pool_grad_3d(x3, out3, gz3, wh, ww):
+    """:func:`max_pool_grad_3d` through the C library (Numba only)."""
+    raise NotImplementedError("only callable from Numba")
+
+
+@numba.extending.overload(c_conv2d_valid)
+def _ol_c_conv2d_valid(x, w):
+    fn = _c_function("conv_fwd", x.dtype)
+    if fn is None:
+        return lambda x, w: conv2d_valid(x, w)
+
+    def impl(x, w):
+        x = np.ascontiguousarray(x)
+        w = np.ascontiguousarray(w)
+        B, C, H, W = x.shape
+        F, C2, kh, kw = w.shape
+        if C2 != C:
+            raise ValueError("conv2d: input maps and filter input maps differ")
+        if kh > H or kw > W:
+            raise ValueError("conv2d: filter larger than the image")
+        out = np.empty((B, F, H - kh + 1, W - kw + 1), dtype=x.dtype)
+        if fn(x.ctypes.data, w.ctypes.data, out.ctypes.data, B, C, H, W, F, kh, kw) != 0:
+            raise MemoryError("conv2d: out of memory for the column matrices")
+        return out
+
+    return impl
+
+
+@numba.extending.overload(c_conv2d_grad_inputs)
+def _ol_c_conv2d_grad_inputs(gz, w):
+    fn = _c_function("conv_gi", gz.dtype)
+    if fn is None:
+        return lambda gz, w: conv2d_grad_inputs(gz, w)
+
+    def impl(gz, w):
+        gz = np.ascontiguousarray(gz)
+        w = np.ascontiguousarray(w)
+        B, F, oh, ow = gz.shape
+        F2, C, kh, kw = w.shape
+        if F2 != F:
+            raise ValueError("conv2d grad: output maps and filters differ")
+        gx = np.empty((B, C, oh + kh - 1, ow + kw - 1), dtype=gz.dtype)
+        if fn(gz.ctypes.data, w.ctypes.data, gx.ctypes.data, B, F, oh, ow, C, kh, kw) != 0:
+            raise MemoryError("conv2d grad: out of memory for the column matrices")
+        return gx
+
+    return impl
+
+
+@numba.extending.overload(c_conv2d_grad_filters)
+def _ol_c_conv2d_grad_filters(x, gz):
+    fn = _c_function("conv_gw", x.dtype)
+    if fn is None:
+        return lambda x, gz: conv2d_grad_filters(x, gz)
+
+    def impl(x, gz):
+        x = np.ascontiguousarray(x)
+        gz = np.ascontiguousarray(gz)
+        B, C, H, W = x.shape
+        B2, F, oh, ow = gz.shape
+        if B2 != B:
+            raise ValueError("conv2d grad: batch sizes differ")
+        if oh > H or ow > W:
+            raise ValueError("conv2d grad: input and output gradient shapes disagree")
+        gw = np.empty((F, C, H - oh + 1, W - ow + 1), dtype=x.dtype)
+        if fn(x.ctypes.data, gz.ctypes.data, gw.ctypes.data, B, C, H, W, F, oh, ow) != 0:
+            raise MemoryError("conv2d grad: out of memory for the column matrices")
+        return gw
+
+    return impl
+
+
+@numba.extending.overload(c_max_pool_3d)
+def _ol_c_max_pool_3d(x3, wh, ww, ignore_border):
+    fn = _c_function("pool", x3.dtype)
+    if fn is None:
+        return lambda x3, wh, ww, ignore_border: max_pool_3d(x3, wh, ww, ignore_border)
+
+    def impl(x3, wh, ww, ignore_border):
+        x3 = np.ascontiguousarray(x3)
+        M, H, W = x3.shape
+        oh = _pool_out_size(H, wh, ignore_border)
+        ow = _pool_out_size(W, ww, ignore_border)
+        out = np.empty((M, oh, ow), dtype=x3.dtype)
+        fn(x3.ctypes.data, 0, 0, out.ctypes.data, M, H, W, oh, ow, wh, ww)
+        return out
+
+    return impl
+
+
+@numba.extending.overload(c_max_pool_grad_3d)
+def _ol_c_max_pool_grad_3d(x3, out3, gz3, wh, ww):
+    fn = _c_function("pool", x3.dtype)
+    if fn is None:
+        return lambda x3, out3, gz3, wh, ww: max_pool_grad_3d(x3, out3, gz3, wh, ww)
+
+    def impl(x3, out3, gz3, wh, ww):
+        x3 = np.ascontiguousarray(x3)
+        out3 = np.ascontiguousarray(out3)
+        gz3 = np.ascontiguousarray(gz3)
+        M, H, W = x3.shape
+        oh, ow = out3.shape[1], out3.shape[2]
+        if out3.shape[0] != M or gz3.shape != out3.shape:
+            raise ValueError("MaxPool2dGrad: maxout/gz shapes do not match x")
+        gx = np.empty((M, H, W), dtype=x3.dtype)
+        fn(x3.ctypes.data, out3.ctypes.data, gz3.ctypes.data, gx.ctypes.data, M, H, W, oh, ow,
+           wh, ww)
+        return gx
+
+    return impl
+
+
 def register_numba_dispatch():
     """Register the Numba implementations of the Ops with PyTensor's Numba backend."""
     from pytensor.link.numba.dispatch.basic import (
@@ -390,51 +544,70 @@ def register_numba_dispatch():
     from deeplearning_tutorials.nnet.conv import Conv2d, Conv2dGradFilters, Conv2dGradInputs
     from deeplearning_tutorials.nnet.pool import MaxPool2d, MaxPool2dGrad
 
-    # The integer returned with each function salts the cache key: bump it when
-    # the kernel changes so that PyTensor's on-disk cache is not reused stale.
-    _version = 6
+    from deeplearning_tutorials.nnet import numba_c
+
+    # The integer returned with each function salts the cache key: bump _version when
+    # a kernel changes so that PyTensor's on-disk cache is not reused stale. The salt
+    # also says whether the functions call the C library (and which ABI): cached code
+    # that calls it is never loaded in a process without it. PyTensor calls these
+    # funcify functions (for the salt) before it loads any cached code of the graph,
+    # so the library is loaded by then: lazily, on the first Numba graph with these Ops.
+    _version = 9
+
+    def pick(c_kernel, numba_kernel):
+        if numba_c.load():
+            return c_kernel, _version * 1000 + numba_c.ABI_VERSION
+        return numba_kernel, _version * 1000
 
     @register_funcify_default_op_cache_key(Conv2d)
     def numba_funcify_Conv2d(op, node=None, **kwargs):
+        kernel, salt = pick(c_conv2d_valid, conv2d_valid)
+
         @numba_njit
         def conv2d(x, w):
-            return conv2d_valid(x, w)
+            return kernel(x, w)
 
-        return conv2d, _version
+        return conv2d, salt
 
     @register_funcify_default_op_cache_key(Conv2dGradInputs)
     def numba_funcify_Conv2dGradInputs(op, node=None, **kwargs):
+        kernel, salt = pick(c_conv2d_grad_inputs, conv2d_grad_inputs)
+
         @numba_njit
         def conv2d_gi(gz, w):
-            return conv2d_grad_inputs(gz, w)
+            return kernel(gz, w)
 
-        return conv2d_gi, _version
+        return conv2d_gi, salt
 
     @register_funcify_default_op_cache_key(Conv2dGradFilters)
     def numba_funcify_Conv2dGradFilters(op, node=None, **kwargs):
+        kernel, salt = pick(c_conv2d_grad_filters, conv2d_grad_filters)
+
         @numba_njit
         def conv2d_gw(x, gz):
-            return conv2d_grad_filters(x, gz)
+            return kernel(x, gz)
 
-        return conv2d_gw, _version
+        return conv2d_gw, salt
 
     @register_funcify_default_op_cache_key(MaxPool2d)
     def numba_funcify_MaxPool2d(op, node=None, **kwargs):
         wh, ww = op.ws
         ignore_border = bool(op.ignore_border)
+        pool, salt = pick(c_max_pool_3d, max_pool_3d)
 
         @numba_njit
         def max_pool(x):
             H, W = x.shape[-2], x.shape[-1]
             x3 = np.ascontiguousarray(x).reshape((-1, H, W))
-            out3 = max_pool_3d(x3, wh, ww, ignore_border)
+            out3 = pool(x3, wh, ww, ignore_border)
             return out3.reshape(x.shape[:-2] + (out3.shape[1], out3.shape[2]))
 
-        return max_pool, _version
+        return max_pool, salt
 
     @register_funcify_default_op_cache_key(MaxPool2dGrad)
     def numba_funcify_MaxPool2dGrad(op, node=None, **kwargs):
         wh, ww = op.ws
+        pool_grad, salt = pick(c_max_pool_grad_3d, max_pool_grad_3d)
 
         @numba_njit
         def max_pool_grad(x, out, gz):
@@ -443,7 +616,7 @@ def register_numba_dispatch():
             x3 = np.ascontiguousarray(x).reshape((-1, H, W))
             out3 = np.ascontiguousarray(out).reshape((-1, oh, ow))
             gz3 = np.ascontiguousarray(gz).reshape((-1, oh, ow))
-            gx3 = max_pool_grad_3d(x3, out3, gz3, wh, ww)
+            gx3 = pool_grad(x3, out3, gz3, wh, ww)
             return gx3.reshape(x.shape)
 
-        return max_pool_grad, _version
+        return max_pool_grad, salt

@@ -1,0 +1,199 @@
+"""The C kernels of the convolution and pooling Ops, built once as a shared library for Numba.
+
+Port note (not in the original): the Numba kernels of :mod:`.numba_kernels` run on one
+core, beside the BLAS that uses them all, and make PyTensor's default backend (Numba)
+about twice as slow as the C backends on LeNet5. The C kernels of :mod:`.conv_c` already
+take plain pointers and shapes, and run their loops on the process's thread pool
+(:mod:`.threads_c`), which also runs OpenBLAS's GEMMs. This module compiles the same C
+source, once per source text and compiler, into a small shared library in PyTensor's
+compile directory, and the Numba dispatch of the Ops calls its functions by name.
+
+Why by name: PyTensor caches the machine code of its Numba functions on disk. A function
+that calls a C address (a ``ctypes`` pointer) could not be cached, since the address
+changes from one process to the next; a call to an external symbol can. LLVM resolves the
+symbol when the code is loaded, so :func:`load` must have loaded the library first:
+:mod:`deeplearning_tutorials.nnet` calls it on import, before any Numba function exists.
+The symbols carry :data:`ABI_VERSION`, and the Numba dispatch salts its cache key with it
+(or with ``"numba"`` when it uses the pure Numba kernels), so cached code never calls a
+library it was not compiled for.
+
+When there is no C compiler, the build fails, or ``$DLT_NUMBA_KERNELS=numba``, the Numba
+dispatch uses the kernels of :mod:`.numba_kernels` instead: same results, one core.
+"""
+
+import ctypes
+import hashlib
+import os
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+from deeplearning_tutorials.nnet.conv_c import (
+    PARALLEL_MIN_ELEMENTS,
+    POOL_SUPPORT_CODE,
+    SUPPORT_CODE,
+)
+from deeplearning_tutorials.nnet.threads_c import LIBRARIES
+
+#: In every exported symbol: bump when a signature below changes.
+ABI_VERSION = 1
+
+_PREFIX = f"dlt_nbc{ABI_VERSION}_"
+
+# Pointers travel as integers (Numba's ``arr.ctypes.data``), shapes as 64-bit integers.
+_EXPORTS_TEMPLATE = r"""
+extern "C" {
+int PREFIXconv_fwd_SFX(intptr_t x, intptr_t w, intptr_t out, int64_t B, int64_t C,
+                       int64_t H, int64_t W, int64_t F, int64_t kh, int64_t kw)
+{
+    return dlt_conv_fwd_SFX((const DLT_T*)x, (const DLT_T*)w, (DLT_T*)out, (int)B, (int)C,
+                            (int)H, (int)W, (int)F, (int)kh, (int)kw);
+}
+int PREFIXconv_gi_SFX(intptr_t gz, intptr_t w, intptr_t gx, int64_t B, int64_t F,
+                      int64_t oh, int64_t ow, int64_t C, int64_t kh, int64_t kw)
+{
+    return dlt_conv_gi_SFX((const DLT_T*)gz, (const DLT_T*)w, (DLT_T*)gx, (int)B, (int)F,
+                           (int)oh, (int)ow, (int)C, (int)kh, (int)kw);
+}
+int PREFIXconv_gw_SFX(intptr_t x, intptr_t gz, intptr_t gw, int64_t B, int64_t C,
+                      int64_t H, int64_t W, int64_t F, int64_t oh, int64_t ow)
+{
+    return dlt_conv_gw_SFX((const DLT_T*)x, (const DLT_T*)gz, (DLT_T*)gw, (int)B, (int)C,
+                           (int)H, (int)W, (int)F, (int)oh, (int)ow);
+}
+/* Max pooling of M planes (H, W) into (oh, ow) with (wh, ww) windows; with mx and gz
+   non-zero, its gradient into out (M, H, W) instead. */
+int PREFIXpool_SFX(intptr_t x, intptr_t mx, intptr_t gz, intptr_t out, int64_t M,
+                   int64_t H, int64_t W, int64_t oh, int64_t ow, int64_t wh, int64_t ww)
+{
+    dlt_pool_args_SFX pa;
+    pa.x = (const DLT_T*)x; pa.mx = (const DLT_T*)mx; pa.gz = (const DLT_T*)gz;
+    pa.out = (DLT_T*)out;
+    pa.M = M; pa.H = H; pa.W = W; pa.oh = oh; pa.ow = ow; pa.wh = wh; pa.ww = ww;
+    dlt_parallel(mx ? dlt_pool_grad_task_SFX : dlt_pool_task_SFX, &pa,
+                 M * H * W >= PARALLEL_MIN ? M : 1);
+    return 0;
+}
+}
+"""
+
+_INIT = r"""
+extern "C" {
+/* Called once, with the GIL held (ctypes.PyDLL): finds SciPy's BLAS and the process's
+   thread pool, the two things that need Python. The pool's threads start at its first
+   parallel loop, as under the C linkers. 0 on success. */
+int PREFIXinit(void)
+{
+    if (dlt_blas_init() != 0) {
+        PyErr_Clear();
+        return -1;
+    }
+    return dlt_pool() != NULL ? 0 : -1;
+}
+int PREFIXthreads(void) { return dlt_threads(); }
+}
+"""
+
+
+def _exports(sfx, ctype):
+    return (
+        _EXPORTS_TEMPLATE.replace("PREFIX", _PREFIX)
+        .replace("PARALLEL_MIN", str(PARALLEL_MIN_ELEMENTS))
+        .replace("SFX", sfx)
+        .replace("DLT_T", ctype)
+    )
+
+
+def source():
+    """The C++ source of the library."""
+    return (
+        "#include <Python.h>\n#include <stdint.h>\n"
+        + SUPPORT_CODE
+        + POOL_SUPPORT_CODE
+        + _exports("f32", "float")
+        + _exports("f64", "double")
+        + _INIT.replace("PREFIX", _PREFIX)
+    )
+
+
+def symbol(kind, dtype):
+    """The exported name of kernel ``kind`` (conv_fwd, conv_gi, conv_gw, pool) for ``dtype``."""
+    return f"{_PREFIX}{kind}_{'f32' if dtype == 'float32' else 'f64'}"
+
+
+def _compile_command(src_path, lib_path):
+    import pytensor
+    from pytensor.link.c.cmodule import GCC_compiler
+
+    return (
+        [pytensor.config.cxx, "-shared", "-O3", "-fno-math-errno", "-w"]
+        + GCC_compiler.compile_args()
+        + [f"-I{sysconfig.get_paths()['include']}", "-o", lib_path, src_path]
+        + [f"-l{lib}" for lib in LIBRARIES]
+    )
+
+
+def _build():
+    """Path of the library, compiled into PyTensor's compile directory if not there yet."""
+    import pytensor
+
+    if not pytensor.config.cxx:
+        raise RuntimeError("no C++ compiler (pytensor.config.cxx is empty)")
+    src = source()
+    key = hashlib.sha256(
+        "\0".join([src, " ".join(_compile_command("S", "L")), sys.version]).encode()
+    ).hexdigest()[:16]
+    folder = os.path.join(pytensor.config.compiledir, "dlt_numba_c", key)
+    lib_path = os.path.join(folder, "libdlt_nbc.so")
+    if os.path.exists(lib_path):
+        return lib_path
+    os.makedirs(folder, exist_ok=True)
+    # Build beside the target under a private name, then rename: another process
+    # building at the same time sees either no library or a whole one.
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        src_path = os.path.join(tmp, "dlt_nbc.cpp")
+        tmp_lib = os.path.join(tmp, "libdlt_nbc.so")
+        with open(src_path, "w") as fh:
+            fh.write(src)
+        done = subprocess.run(
+            _compile_command(src_path, tmp_lib), capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"compiling {src_path} failed: {done.stderr.strip()[-2000:]}")
+        os.replace(tmp_lib, lib_path)
+    return lib_path
+
+
+_state = {"loaded": None, "error": None}
+
+
+def load():
+    """Build and load the library once; True when the Numba dispatch may call it.
+
+    Never raises: on failure :func:`error` says why, and the pure Numba kernels are used.
+    """
+    if _state["loaded"] is not None:
+        return _state["loaded"]
+    _state["loaded"] = False
+    if os.environ.get("DLT_NUMBA_KERNELS", "c").strip().lower() == "numba":
+        _state["error"] = "DLT_NUMBA_KERNELS=numba"
+        return False
+    try:
+        import llvmlite.binding as llvm
+
+        path = _build()
+        lib = ctypes.PyDLL(path)
+        if lib[_PREFIX + "init"]() != 0:
+            raise RuntimeError("SciPy's sgemm/dgemm were not found")
+        llvm.load_library_permanently(path)
+    except Exception as exc:  # no compiler, no SciPy BLAS, a failed build
+        _state["error"] = f"{type(exc).__name__}: {exc}"
+        return False
+    _state["loaded"] = True
+    return True
+
+
+def error():
+    """Why :func:`load` returned False (None if it did not)."""
+    return _state["error"]
