@@ -898,6 +898,62 @@ optdb.register(
 )
 
 
+def _register_numba_c_ops() -> bool:
+    """:class:`BiasTanh` and :class:`SumOverBatchAndSpace` on the Numba backend too.
+
+    Their Numba functions call the same C code as the C backends, from the library of
+    :mod:`deeplearning_tutorials.nnet.numba_c`; the rewrites that put them in a graph
+    run under the Numba backend only when that library loads (PyTensor's own fused loop
+    and reduction otherwise). Returns False when Numba's PyTensor backend is unavailable.
+    """
+    try:
+        from pytensor.link.numba.dispatch.basic import (
+            numba_njit,
+            register_funcify_default_op_cache_key,
+        )
+    except ImportError:
+        return False
+    from deeplearning_tutorials.nnet import numba_c, numba_kernels as nk
+
+    @register_funcify_default_op_cache_key(BiasTanh)
+    def numba_funcify_BiasTanh(op, node=None, **kwargs):
+        kernel, salt = nk.kernel_and_salt(nk.c_bias_tanh, nk.bias_tanh)
+
+        @numba_njit
+        def bias_tanh(x, b):
+            return kernel(x, b)
+
+        return bias_tanh, salt
+
+    @register_funcify_default_op_cache_key(SumOverBatchAndSpace)
+    def numba_funcify_SumOverBatchAndSpace(op, node=None, **kwargs):
+        kernel, salt = nk.kernel_and_salt(nk.c_sum_over_batch_and_space,
+                                          nk.sum_over_batch_and_space)
+
+        @numba_njit
+        def sum_over_batch_and_space(x):
+            return kernel(x)
+
+        return sum_over_batch_and_space, salt
+
+    def with_library(rewrite, tracks):
+        @node_rewriter(tracks)
+        def rewrite_for_numba(fgraph, node):
+            return rewrite.transform(fgraph, node) if numba_c.load() else None
+
+        rewrite_for_numba.__name__ = rewrite.__name__.replace("_for_c", "_for_numba")
+        return rewrite_for_numba
+
+    for rewrite, tracks, position in ((local_bias_grad_sum_for_c, [Sum], 49.45),
+                                      (local_bias_tanh_for_c, [Elemwise], 49.42)):
+        numba_rewrite = with_library(rewrite, tracks)
+        optdb.register(numba_rewrite.__name__, in2out(numba_rewrite), "numba", position=position)
+    return True
+
+
+_register_numba_c_ops()
+
+
 # --------------------------------------------------------------------------
 # BLAS for the C backend
 # --------------------------------------------------------------------------

@@ -75,6 +75,23 @@ int PREFIXpool_SFX(intptr_t x, intptr_t mx, intptr_t gz, intptr_t out, int64_t M
                  M * H * W >= PARALLEL_MIN ? M : 1);
     return 0;
 }
+/* z = tanh(x + b) of x (B, C, HW) and b (C), plane by plane (BiasTanh). */
+int PREFIXbias_tanh_SFX(intptr_t x, intptr_t b, intptr_t z, int64_t B, int64_t C, int64_t HW)
+{
+    dlt_bias_tanh_SFX a;
+    a.x = (const DLT_T*)x; a.b = (const DLT_T*)b; a.z = (DLT_T*)z;
+    a.B = B; a.C = C; a.HW = HW;
+    dlt_parallel(dlt_bias_tanh_task_SFX, &a, B * C * HW >= PARALLEL_MIN ? B * C : 1);
+    return 0;
+}
+/* z (C) = x.sum(axis=(0, 2)) of x (B, C, HW), in double (SumOverBatchAndSpace). */
+int PREFIXsum_bhw_SFX(intptr_t x, intptr_t z, int64_t B, int64_t C, int64_t HW)
+{
+    dlt_sum_bhw_SFX a;
+    a.x = (const DLT_T*)x; a.z = (DLT_T*)z; a.B = B; a.C = C; a.HW = HW;
+    dlt_parallel(dlt_sum_bhw_task_SFX, &a, B * C * HW >= PARALLEL_MIN ? C : 1);
+    return 0;
+}
 }
 """
 
@@ -107,10 +124,19 @@ def _exports(sfx, ctype):
 
 def source():
     """The C++ source of the library."""
+    from deeplearning_tutorials import backend
+    from deeplearning_tutorials.nnet.conv_c import _kernels
+
+    bias_tanh = backend._BIAS_TANH_TEMPLATE
     return (
-        "#include <Python.h>\n#include <stdint.h>\n"
+        "#include <Python.h>\n#include <stdint.h>\n#include <math.h>\n"
         + SUPPORT_CODE
         + POOL_SUPPORT_CODE
+        + backend.FAST_TANHF_CODE
+        + _kernels(bias_tanh.replace("TANH(", "dlt_fast_tanhf("), "float", "f32")
+        + _kernels(bias_tanh.replace("TANH(", "tanh("), "double", "f64")
+        + _kernels(backend._SUM_TEMPLATE, "float", "f32")
+        + _kernels(backend._SUM_TEMPLATE, "double", "f64")
         + _exports("f32", "float")
         + _exports("f64", "double")
         + _INIT.replace("PREFIX", _PREFIX)
@@ -118,7 +144,10 @@ def source():
 
 
 def symbol(kind, dtype):
-    """The exported name of kernel ``kind`` (conv_fwd, conv_gi, conv_gw, pool) for ``dtype``."""
+    """The exported name of kernel ``kind`` for ``dtype``.
+
+    ``kind``: conv_fwd, conv_gi, conv_gw, pool, bias_tanh or sum_bhw.
+    """
     return f"{_PREFIX}{kind}_{'f32' if dtype == 'float32' else 'f64'}"
 
 

@@ -386,7 +386,28 @@ def max_pool_grad_3d(x3, out3, gz3, wh, ww):
 # function for the arrays' dtype when Numba types the call (the cache key of an Op's
 # Numba function does not hold the dtypes), and the Numba kernel above for any other
 # dtype, or when the library is not loaded.
-_C_ARGS = {"conv_fwd": (3, 7), "conv_gi": (3, 7), "conv_gw": (3, 7), "pool": (4, 7)}
+_C_ARGS = {"conv_fwd": (3, 7), "conv_gi": (3, 7), "conv_gw": (3, 7), "pool": (4, 7),
+           "bias_tanh": (3, 3), "sum_bhw": (2, 3)}
+
+# Bump when a kernel changes, so that PyTensor's on-disk cache is not reused stale.
+_VERSION = 9
+
+
+def kernel_and_salt(c_kernel, numba_kernel):
+    """``(kernel, salt)`` for an Op's Numba function: the C library's kernel when it loads.
+
+    The salt goes into the function's cache key (see PyTensor's
+    ``register_funcify_default_op_cache_key``): it says which kernels the function calls,
+    and the library's ABI, so cached code that calls the library is never loaded in a
+    process without it. PyTensor calls an Op's funcify function (for the salt) before it
+    loads any cached code of the graph, so the library is loaded by then: lazily, by the
+    first Numba graph with these Ops.
+    """
+    from deeplearning_tutorials.nnet import numba_c
+
+    if numba_c.load():
+        return c_kernel, _VERSION * 1000 + numba_c.ABI_VERSION
+    return numba_kernel, _VERSION * 1000
 
 
 def _c_function(kind, dtype):
@@ -534,6 +555,72 @@ def _ol_c_max_pool_grad_3d(x3, out3, gz3, wh, ww):
     return impl
 
 
+@_njit
+def bias_tanh(x, b):
+    """``tanh(x + b)`` of ``x`` (B, C, H, W) and ``b`` (1, C, 1, 1): BiasTanh's kernel without C."""
+    return np.tanh(x + b)
+
+
+@_njit
+def sum_over_batch_and_space(x):
+    """``x.sum(axis=(0, 2, 3))`` of ``x`` (B, C, H, W), summed in float64, in x's dtype."""
+    B, C, H, W = x.shape
+    acc = np.zeros(C)
+    for b in range(B):
+        for c in range(C):
+            s = 0.0
+            for i in range(H):
+                for j in range(W):
+                    s += x[b, c, i, j]
+            acc[c] += s
+    return acc.astype(x.dtype)
+
+
+def c_bias_tanh(x, b):
+    """:func:`bias_tanh` through the C library (Numba only)."""
+    raise NotImplementedError("only callable from Numba")
+
+
+def c_sum_over_batch_and_space(x):
+    """:func:`sum_over_batch_and_space` through the C library (Numba only)."""
+    raise NotImplementedError("only callable from Numba")
+
+
+@numba.extending.overload(c_bias_tanh)
+def _ol_c_bias_tanh(x, b):
+    fn = _c_function("bias_tanh", x.dtype)
+    if fn is None or b.dtype != x.dtype:
+        return lambda x, b: bias_tanh(x, b)
+
+    def impl(x, b):
+        x = np.ascontiguousarray(x)
+        b = np.ascontiguousarray(b)
+        B, C, H, W = x.shape
+        if b.size != C:
+            raise ValueError("BiasTanh: b and x have different channel counts")
+        z = np.empty((B, C, H, W), dtype=x.dtype)
+        fn(x.ctypes.data, b.ctypes.data, z.ctypes.data, B, C, H * W)
+        return z
+
+    return impl
+
+
+@numba.extending.overload(c_sum_over_batch_and_space)
+def _ol_c_sum_over_batch_and_space(x):
+    fn = _c_function("sum_bhw", x.dtype)
+    if fn is None:
+        return lambda x: sum_over_batch_and_space(x)
+
+    def impl(x):
+        x = np.ascontiguousarray(x)
+        B, C, H, W = x.shape
+        z = np.empty(C, dtype=x.dtype)
+        fn(x.ctypes.data, z.ctypes.data, B, C, H * W)
+        return z
+
+    return impl
+
+
 def register_numba_dispatch():
     """Register the Numba implementations of the Ops with PyTensor's Numba backend."""
     from pytensor.link.numba.dispatch.basic import (
@@ -544,24 +631,9 @@ def register_numba_dispatch():
     from deeplearning_tutorials.nnet.conv import Conv2d, Conv2dGradFilters, Conv2dGradInputs
     from deeplearning_tutorials.nnet.pool import MaxPool2d, MaxPool2dGrad
 
-    from deeplearning_tutorials.nnet import numba_c
-
-    # The integer returned with each function salts the cache key: bump _version when
-    # a kernel changes so that PyTensor's on-disk cache is not reused stale. The salt
-    # also says whether the functions call the C library (and which ABI): cached code
-    # that calls it is never loaded in a process without it. PyTensor calls these
-    # funcify functions (for the salt) before it loads any cached code of the graph,
-    # so the library is loaded by then: lazily, on the first Numba graph with these Ops.
-    _version = 9
-
-    def pick(c_kernel, numba_kernel):
-        if numba_c.load():
-            return c_kernel, _version * 1000 + numba_c.ABI_VERSION
-        return numba_kernel, _version * 1000
-
     @register_funcify_default_op_cache_key(Conv2d)
     def numba_funcify_Conv2d(op, node=None, **kwargs):
-        kernel, salt = pick(c_conv2d_valid, conv2d_valid)
+        kernel, salt = kernel_and_salt(c_conv2d_valid, conv2d_valid)
 
         @numba_njit
         def conv2d(x, w):
@@ -571,7 +643,7 @@ def register_numba_dispatch():
 
     @register_funcify_default_op_cache_key(Conv2dGradInputs)
     def numba_funcify_Conv2dGradInputs(op, node=None, **kwargs):
-        kernel, salt = pick(c_conv2d_grad_inputs, conv2d_grad_inputs)
+        kernel, salt = kernel_and_salt(c_conv2d_grad_inputs, conv2d_grad_inputs)
 
         @numba_njit
         def conv2d_gi(gz, w):
@@ -581,7 +653,7 @@ def register_numba_dispatch():
 
     @register_funcify_default_op_cache_key(Conv2dGradFilters)
     def numba_funcify_Conv2dGradFilters(op, node=None, **kwargs):
-        kernel, salt = pick(c_conv2d_grad_filters, conv2d_grad_filters)
+        kernel, salt = kernel_and_salt(c_conv2d_grad_filters, conv2d_grad_filters)
 
         @numba_njit
         def conv2d_gw(x, gz):
@@ -593,7 +665,7 @@ def register_numba_dispatch():
     def numba_funcify_MaxPool2d(op, node=None, **kwargs):
         wh, ww = op.ws
         ignore_border = bool(op.ignore_border)
-        pool, salt = pick(c_max_pool_3d, max_pool_3d)
+        pool, salt = kernel_and_salt(c_max_pool_3d, max_pool_3d)
 
         @numba_njit
         def max_pool(x):
@@ -607,7 +679,7 @@ def register_numba_dispatch():
     @register_funcify_default_op_cache_key(MaxPool2dGrad)
     def numba_funcify_MaxPool2dGrad(op, node=None, **kwargs):
         wh, ww = op.ws
-        pool_grad, salt = pick(c_max_pool_grad_3d, max_pool_grad_3d)
+        pool_grad, salt = kernel_and_salt(c_max_pool_grad_3d, max_pool_grad_3d)
 
         @numba_njit
         def max_pool_grad(x, out, gz):
