@@ -11,14 +11,16 @@ compile directory, and the Numba dispatch of the Ops calls its functions by name
 Why by name: PyTensor caches the machine code of its Numba functions on disk. A function
 that calls a C address (a ``ctypes`` pointer) could not be cached, since the address
 changes from one process to the next; a call to an external symbol can. LLVM resolves the
-symbol when the code is loaded, so :func:`load` must have loaded the library first:
-:mod:`deeplearning_tutorials.nnet` calls it on import, before any Numba function exists.
-The symbols carry :data:`ABI_VERSION`, and the Numba dispatch salts its cache key with it
-(or with ``"numba"`` when it uses the pure Numba kernels), so cached code never calls a
-library it was not compiled for.
+symbol when the code is loaded, so :func:`load` must have loaded the library first: the
+Numba dispatch of the Ops calls it when PyTensor builds their functions, which PyTensor
+does (for their cache keys) before it loads any cached code of a graph. The symbols carry
+:data:`ABI_VERSION`, and the Numba dispatch salts the cache key with it (another salt when
+it uses the pure Numba kernels), so cached code never calls a library it was not compiled
+for.
 
 When there is no C compiler, the build fails, or ``$DLT_NUMBA_KERNELS=numba``, the Numba
-dispatch uses the kernels of :mod:`.numba_kernels` instead: same results, one core.
+dispatch uses the kernels of :mod:`.numba_kernels` instead: same results to rounding, one
+core.
 """
 
 import ctypes
@@ -28,6 +30,8 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
+import warnings
 
 from deeplearning_tutorials.nnet.conv_c import (
     PARALLEL_MIN_ELEMENTS,
@@ -108,7 +112,6 @@ int PREFIXinit(void)
     }
     return dlt_pool() != NULL ? 0 : -1;
 }
-int PREFIXthreads(void) { return dlt_threads(); }
 }
 """
 
@@ -168,7 +171,7 @@ def _build():
     import pytensor
 
     if not pytensor.config.cxx:
-        raise RuntimeError("no C++ compiler (pytensor.config.cxx is empty)")
+        raise _NoCompiler("no C++ compiler (pytensor.config.cxx is empty)")
     src = source()
     key = hashlib.sha256(
         "\0".join([src, " ".join(_compile_command("S", "L")), sys.version]).encode()
@@ -189,12 +192,18 @@ def _build():
             _compile_command(src_path, tmp_lib), capture_output=True, text=True
         )
         if done.returncode != 0:
-            raise RuntimeError(f"compiling {src_path} failed: {done.stderr.strip()[-2000:]}")
+            detail = done.stderr.strip()[-2000:] or "no message"
+            raise RuntimeError(f"{pytensor.config.cxx} exited with status {done.returncode}: "
+                               f"{detail}")
         os.replace(tmp_lib, lib_path)
     return lib_path
 
 
 _state = {"loaded": None, "error": None}
+_lock = threading.Lock()
+
+#: Values of ``$DLT_NUMBA_KERNELS``: the C library (the default), or Numba's own kernels.
+KERNEL_CHOICES = ("c", "numba")
 
 
 def load():
@@ -202,12 +211,19 @@ def load():
 
     Never raises: on failure :func:`error` says why, and the pure Numba kernels are used.
     """
-    if _state["loaded"] is not None:
+    with _lock:
+        if _state["loaded"] is None:
+            _state["loaded"], _state["error"] = _load()
         return _state["loaded"]
-    _state["loaded"] = False
-    if os.environ.get("DLT_NUMBA_KERNELS", "c").strip().lower() == "numba":
-        _state["error"] = "DLT_NUMBA_KERNELS=numba"
-        return False
+
+
+def _load():
+    choice = os.environ.get("DLT_NUMBA_KERNELS", "c").strip().lower() or "c"
+    if choice not in KERNEL_CHOICES:
+        warnings.warn(f"DLT_NUMBA_KERNELS={choice!r} is not one of {KERNEL_CHOICES}: "
+                      "using the C kernels", stacklevel=3)
+    if choice == "numba":
+        return False, "DLT_NUMBA_KERNELS=numba"
     try:
         import llvmlite.binding as llvm
 
@@ -217,10 +233,16 @@ def load():
             raise RuntimeError("SciPy's sgemm/dgemm were not found")
         llvm.load_library_permanently(path)
     except Exception as exc:  # no compiler, no SciPy BLAS, a failed build
-        _state["error"] = f"{type(exc).__name__}: {exc}"
-        return False
-    _state["loaded"] = True
-    return True
+        message = f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, _NoCompiler):  # PyTensor has said so already
+            warnings.warn("NUMBA runs Numba's own one-core kernels: the C kernels' library "
+                          f"is unavailable ({message.splitlines()[0][:300]})", stacklevel=3)
+        return False, message
+    return True, None
+
+
+class _NoCompiler(RuntimeError):
+    pass
 
 
 def error():

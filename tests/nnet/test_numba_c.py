@@ -116,6 +116,42 @@ def test_without_a_compiler_numba_falls_back_to_its_own_kernels(tmp_path):
                                conv2d_valid_numpy(x, w), rtol=1e-10, atol=1e-10)
 
 
+POOL_ONLY = textwrap.dedent(
+    """
+    import json, warnings
+    import numpy as np, pytensor, pytensor.tensor as pt
+    from deeplearning_tutorials.nnet.pool import MaxPool2d
+    from deeplearning_tutorials.nnet import numba_c
+    x = pt.tensor4()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        f = pytensor.function([x], MaxPool2d((2, 2), True)(x), mode="NUMBA")
+    out = f(np.arange(16.0).reshape(1, 1, 4, 4))
+    print(json.dumps({"loaded": numba_c._state["loaded"], "error": numba_c.error(),
+                      "out": out.ravel().tolist(),
+                      "warnings": [str(w.message) for w in caught if "DLT_NUMBA" in str(w.message)
+                                   or "NUMBA runs" in str(w.message)]}))
+    """
+)
+
+
+def test_a_failed_build_is_reported_and_numba_falls_back(tmp_path):
+    # A compiler that fails (/bin/false): one warning naming it, the one-core kernels.
+    env = {"PYTENSOR_FLAGS": f"cxx=/bin/false,base_compiledir={tmp_path / 'compiledir'}"}
+    info = _run(POOL_ONLY, tmp_path, env=env)
+    assert info["loaded"] is False and info["out"] == [5.0, 7.0, 13.0, 15.0]
+    assert info["error"] == "RuntimeError: /bin/false exited with status 1: no message"
+    assert len(info["warnings"]) == 1 and "one-core kernels" in info["warnings"][0]
+    assert "/bin/false exited with status 1" in info["warnings"][0]
+
+
+def test_an_unknown_kernel_choice_is_reported_and_the_c_kernels_run(tmp_path):
+    info = _run(POOL_ONLY, tmp_path, env={"DLT_NUMBA_KERNELS": "fortran"})
+    assert info["loaded"] is True and info["out"] == [5.0, 7.0, 13.0, 15.0]
+    assert info["warnings"] == [
+        "DLT_NUMBA_KERNELS='fortran' is not one of ('c', 'numba'): using the C kernels"]
+
+
 ONE_POOL = textwrap.dedent(
     """
     import json, os
