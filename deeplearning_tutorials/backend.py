@@ -639,7 +639,9 @@ class SumOverBatchAndSpace(UsesThreadPool, COp):
         (x,) = inputs
         outputs[0][0] = np.asarray(x.sum(axis=(0, 2, 3), dtype="float64"), dtype=x.dtype)
 
-    def infer_shape(self, fgraph, node, shapes):
+    def infer_shape(self, *args):
+        # (fgraph, node, shapes) before PyTensor 3.3, (node, shapes) after.
+        node, shapes = args[-2:]
         return [(shapes[0][1],)]
 
     def c_code_cache_version(self):
