@@ -941,7 +941,10 @@ def _register_numba_c_ops() -> bool:
     def with_library(rewrite, tracks):
         @node_rewriter(tracks)
         def rewrite_for_numba(fgraph, node):
-            return rewrite.transform(fgraph, node) if numba_c.load() else None
+            # The match first: a graph without these nodes (the first two lessons')
+            # does not need the library built or loaded.
+            new = rewrite.transform(fgraph, node)
+            return new if new and numba_c.load() else None
 
         rewrite_for_numba.__name__ = rewrite.__name__.replace("_for_c", "_for_numba")
         return rewrite_for_numba
