@@ -4,67 +4,19 @@ Each test runs a fresh interpreter: the pool is started once per process, by the
 first C Op that needs it, with ``$DLT_NUM_THREADS`` read then.
 """
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
+from _scripts import LENET_OPS, run_python  # tests/nnet, on sys.path under pytest
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the pool needs POSIX threads")
 
-# LeNet5's two layers with 80 images: several chunks per convolution (32 images for the
-# second layer, 72 for the first), and the first layer's filter gradient on the
-# direct path, split over the threads.
-COMPUTE = textwrap.dedent(
-    """
-    import json, sys
-    import numpy as np, pytensor, pytensor.tensor as pt
-    from deeplearning_tutorials.nnet.conv import (
-        conv2d_op, conv2d_grad_inputs_op, conv2d_grad_filters_op)
-    from deeplearning_tutorials.nnet.pool import MaxPool2d, MaxPool2dGrad
-    out = {}
-    for dtype in ("float32", "float64"):
-        rng = np.random.default_rng(7)
-        x = pt.tensor4(dtype=dtype); w = pt.tensor4(dtype=dtype); g = pt.tensor4(dtype=dtype)
-        m = pt.tensor4(dtype=dtype)
-        f = pytensor.function([x, w, g], [conv2d_op(x, w), conv2d_grad_inputs_op(g, w),
-                                          conv2d_grad_filters_op(x, g)], mode="CVM")
-        pool = MaxPool2d((2, 2), True)
-        fp = pytensor.function([x, m], [pool(x), MaxPool2dGrad((2, 2), True)(x, pool(x), m)],
-                               mode="CVM")
-        for name, (xs, ws) in {"layer0": ((80, 1, 28, 28), (20, 1, 5, 5)),
-                               "layer1": ((80, 20, 12, 12), (50, 20, 5, 5))}.items():
-            xv = rng.standard_normal(xs).astype(dtype)
-            wv = rng.standard_normal(ws).astype(dtype)
-            oh, ow = xs[2] - ws[2] + 1, xs[3] - ws[3] + 1
-            gv = rng.standard_normal((xs[0], ws[0], oh, ow)).astype(dtype)
-            z, gi, gw = f(xv, wv, gv)
-            zv = rng.standard_normal(z.shape).astype(dtype)
-            pz, pg = fp(zv, rng.standard_normal((xs[0], ws[0], oh // 2, ow // 2)).astype(dtype))
-            outputs = {"z": z, "gi": gi, "gw": gw, "pool": pz, "poolgrad": pg}
-            for key, val in {"x": xv, "w": wv, "g": gv, **outputs}.items():
-                np.save(f"{sys.argv[1]}/{dtype}-{name}-{key}.npy", val)
-    from deeplearning_tutorials.nnet import threads_c
-    print(json.dumps({"capsule": type(threads_c._pool_v1).__name__}))
-    """
-)
-
 
 def _run(code, tmp_path, threads, *args, timeout=600):
-    env = dict(os.environ)
-    if threads is None:
-        env.pop("DLT_NUM_THREADS", None)
-    else:
-        env["DLT_NUM_THREADS"] = str(threads)
-    script = tmp_path / "script.py"
-    script.write_text(code)
-    proc = subprocess.run([sys.executable, str(script), *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    threads = None if threads is None else str(threads)
+    return run_python(code, tmp_path, *args, env={"DLT_NUM_THREADS": threads}, timeout=timeout)
 
 
 def test_results_do_not_depend_on_the_number_of_threads(tmp_path):
@@ -78,7 +30,7 @@ def test_results_do_not_depend_on_the_number_of_threads(tmp_path):
     for threads in (1, 2, 3):
         folder = tmp_path / f"t{threads}"
         folder.mkdir()
-        info = _run(COMPUTE, tmp_path, threads, folder)
+        info = _run(LENET_OPS, tmp_path, threads, folder)
         assert info["capsule"] == "PyCapsule"
         results[threads] = folder
     names = sorted(p.name for p in results[1].iterdir())
