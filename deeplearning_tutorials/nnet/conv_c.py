@@ -15,7 +15,7 @@ from pytensor.graph.utils import MethodNotDefined
 from deeplearning_tutorials.nnet.threads_c import THREADS_CODE
 
 # Bump when any C string below changes, so PyTensor recompiles the modules.
-C_CODE_VERSION = (15,)
+C_CODE_VERSION = (17,)
 
 _BLAS_CODE = r"""
 #ifndef DLT_NNET_BLAS_DEFINED
@@ -252,6 +252,100 @@ static void dlt_copies_SFX_run(dlt_copies_SFX* t)
     t->a_nb = t->g_nb = t->c_nb = 0;
 }
 
+/* The forward pass without im2col, for layers with few taps per filter
+   (C*kh*kw <= 32; LeNet5's first layer has 25). There im2col writes 25 copies of
+   every image and the GEMM has only 25 terms per output, so the copies cost more
+   than the products (4.4 ms of the float32 training step). Here each image stays
+   in the first-level cache: a row of outputs is a sum of C*kh*kw shifted input
+   rows, each times one tap of the flipped filter, in the element type, in the
+   order (c, u, v). Each thread takes its own range of images. */
+typedef struct {
+    const DLT_T* x;
+    const DLT_T* wf;  /* (F, C*kh*kw), flipped */
+    DLT_T* out;
+    int B, C, H, W, F, oh, ow, kh, kw;
+} dlt_fwd_direct_SFX;
+
+#define DLT_FWD_DIRECT_ROW_SFX(OW, KW, SIZE)                                       \
+    {                                                                          \
+        DLT_T acc[SIZE];                                                       \
+        for (j = 0; j < (OW); ++j) acc[j] = 0;                                 \
+        for (c = 0; c < C; ++c)                                                \
+            for (u = 0; u < kh; ++u) {                                         \
+                const DLT_T* xr = xb + ((long)c * H + i + u) * W;              \
+                const DLT_T* wr = wff + (c * kh + u) * (KW);                   \
+                for (v = 0; v < (KW); ++v) {                                   \
+                    const DLT_T t = wr[v];                                     \
+                    for (j = 0; j < (OW); ++j) acc[j] += t * xr[j + v];        \
+                }                                                              \
+            }                                                                  \
+        for (j = 0; j < (OW); ++j) o[j] = acc[j];                              \
+    }
+
+/* Four filters at a time: each input row is loaded once for the four, and the
+   four independent sums keep both FMA units busy (one alone waits on its own
+   latency): 2.5 against 4.4 ms on one core for LeNet5's first layer. The same
+   sums in the same order as one filter at a time. */
+#define DLT_FWD_DIRECT_ROW4_SFX(OW, KW, SIZE)                                      \
+    {                                                                          \
+        DLT_T a0[SIZE], a1[SIZE], a2[SIZE], a3[SIZE];                          \
+        for (j = 0; j < (OW); ++j) a0[j] = a1[j] = a2[j] = a3[j] = 0;          \
+        for (c = 0; c < C; ++c)                                                \
+            for (u = 0; u < kh; ++u) {                                         \
+                const DLT_T* xr = xb + ((long)c * H + i + u) * W;              \
+                const DLT_T* wr = wff + (c * kh + u) * (KW);                   \
+                for (v = 0; v < (KW); ++v) {                                   \
+                    const DLT_T t0 = wr[v], t1 = wr[K + v];                    \
+                    const DLT_T t2 = wr[2 * K + v], t3 = wr[3 * K + v];        \
+                    for (j = 0; j < (OW); ++j) {                               \
+                        const DLT_T xv = xr[j + v];                            \
+                        a0[j] += t0 * xv;                                      \
+                        a1[j] += t1 * xv;                                      \
+                        a2[j] += t2 * xv;                                      \
+                        a3[j] += t3 * xv;                                      \
+                    }                                                          \
+                }                                                              \
+            }                                                                  \
+        for (j = 0; j < (OW); ++j) {                                           \
+            o[j] = a0[j];                                                      \
+            o[P + j] = a1[j];                                                  \
+            o[2 * P + j] = a2[j];                                              \
+            o[3 * P + j] = a3[j];                                              \
+        }                                                                      \
+    }
+
+static void dlt_fwd_direct_task_SFX(void* arg, int part, int nparts)
+{
+    const dlt_fwd_direct_SFX* a = (const dlt_fwd_direct_SFX*)arg;
+    const int C = a->C, H = a->H, W = a->W, F = a->F, oh = a->oh, ow = a->ow;
+    const int kh = a->kh, kw = a->kw, K = C * kh * kw;
+    const long P = (long)oh * ow;
+    long lo, hi, b;
+    int f, c, u, v, i, j;
+    dlt_split(a->B, part, nparts, &lo, &hi);
+    for (b = lo; b < hi; ++b) {
+        const DLT_T* xb = a->x + (long)b * C * H * W;
+        for (f = 0; f + 4 <= F; f += 4) {
+            const DLT_T* wff = a->wf + (long)f * K;
+            for (i = 0; i < oh; ++i) {
+                DLT_T* o = a->out + ((long)b * F + f) * P + (long)i * ow;
+                if (ow == 24 && kw == 5) DLT_FWD_DIRECT_ROW4_SFX(24, 5, 24)
+                else DLT_FWD_DIRECT_ROW4_SFX(ow, kw, 512)
+            }
+        }
+        for (; f < F; ++f) {
+            const DLT_T* wff = a->wf + (long)f * K;
+            for (i = 0; i < oh; ++i) {
+                DLT_T* o = a->out + ((long)b * F + f) * P + (long)i * ow;
+                DLT_FWD_DIRECT_ROW_SFX(ow, kw, 512)
+            }
+        }
+    }
+}
+
+/* The direct path fits: few taps, and a row of outputs small enough for the stack. */
+#define DLT_FWD_DIRECT_FITS(K, ow) ((K) <= 32 && (ow) <= 512)
+
 /* out (B, F, oh, ow) = true valid convolution of x (B, C, H, W) with w (F, C, kh, kw).
    Per chunk of images: im2col, one GEMM, a scatter into out; the scatter of one
    chunk and the im2col of the next share a parallel pass. */
@@ -263,6 +357,19 @@ static int dlt_conv_fwd_SFX(const DLT_T* x, const DLT_T* w, DLT_T* out, int B, i
     DLT_T *wf, *cols, *res;
     dlt_copies_SFX t;
     if (B == 0 || F == 0 || P == 0) return 0;
+    if (K > 0 && DLT_FWD_DIRECT_FITS(K, ow)) {
+        int n = dlt_threads();
+        dlt_fwd_direct_SFX a;
+        wf = (DLT_T*)dlt_scratch(0, sizeof(DLT_T) * (long)F * K);
+        if (!wf) return -1;
+        dlt_flip_SFX(w, F, C, kh, kw, wf);
+        a.x = x; a.wf = wf; a.out = out; a.B = B; a.C = C; a.H = H; a.W = W; a.F = F;
+        a.oh = oh; a.ow = ow; a.kh = kh; a.kw = kw;
+        /* Parts of at least 8 images: fewer are not worth waking a thread for. */
+        if (n > B / 8) n = B / 8 > 1 ? B / 8 : 1;
+        dlt_parallel(dlt_fwd_direct_task_SFX, &a, n);
+        return 0;
+    }
     chunk = dlt_chunk(B, P * (K > F ? K : F));
     wf = (DLT_T*)dlt_scratch(0, sizeof(DLT_T) * (long)F * K);
     cols = (DLT_T*)dlt_scratch(1, sizeof(DLT_T) * (long)K * chunk * P);

@@ -238,6 +238,30 @@ def test_backend_parity(dtype, ignore_border):
             np.testing.assert_allclose(a, b, rtol=10 * RTOL[dtype], atol=10 * ATOL[dtype], err_msg=mode)
 
 
+# The C kernels' forward pass has two paths: direct for few taps per filter
+# (C*kh*kw <= 32, LeNet5's first layer, whose 24-wide rows have their own unrolled
+# loop; four filters at a time, then one at a time) and im2col + GEMM for more.
+# CVM and NUMBA both run them.
+C_FORWARD_SHAPES = [
+    ((40, 1, 28, 28), (6, 1, 5, 5)),  # direct, the unrolled row, the batch split over threads
+    ((3, 2, 7, 9), (5, 2, 3, 2)),  # direct, the general row
+    ((3, 2, 9, 9), (4, 2, 5, 5)),  # 50 taps: im2col + GEMM
+]
+
+
+@pytest.mark.parametrize("xs,ws", C_FORWARD_SHAPES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_c_forward_paths_match_scipy(xs, ws, dtype):
+    rng = np.random.default_rng(10)
+    x, w = data(rng, xs, ws, dtype)
+    ref = scipy_conv(x.astype("float64"), w.astype("float64"))
+    xv, wv = pt.tensor4("x", dtype=dtype), pt.tensor4("w", dtype=dtype)
+    for mode in ("CVM", "NUMBA"):
+        got = pytensor.function([xv, wv], conv2d(xv, wv), mode=mode)(x, w)
+        assert got.dtype == dtype, mode
+        np.testing.assert_allclose(got, ref, rtol=RTOL[dtype], atol=10 * ATOL[dtype], err_msg=mode)
+
+
 def test_realistic_lenet_shapes():
     # LeNet5 layer1 at a reduced batch: (b, 20, 12, 12) * (50, 20, 5, 5).
     rng = np.random.default_rng(9)
