@@ -240,12 +240,14 @@ def test_backend_parity(dtype, ignore_border):
 
 # The C kernels' forward pass has two paths: direct for few taps per filter
 # (C*kh*kw <= 32, LeNet5's first layer, whose 24-wide rows have their own unrolled
-# loop; four filters at a time, then one at a time) and im2col + GEMM for more.
+# loop; four filters at a time, then one at a time) and, for more, im2col + GEMM,
+# or in float32 on processors with AVX-512 tiles of 4 outputs x 64 filters.
 # CVM and NUMBA both run them.
 C_FORWARD_SHAPES = [
     ((40, 1, 28, 28), (6, 1, 5, 5)),  # direct, the unrolled row, the batch split over threads
     ((3, 2, 7, 9), (5, 2, 3, 2)),  # direct, the general row
-    ((3, 2, 9, 9), (4, 2, 5, 5)),  # 50 taps: im2col + GEMM
+    ((3, 2, 9, 9), (4, 2, 5, 5)),  # 50 taps: im2col + GEMM (AVX-512: one short tile per row)
+    ((2, 3, 8, 10), (70, 3, 3, 4)),  # 36 taps, two blocks of 64 filters with AVX-512
 ]
 
 
