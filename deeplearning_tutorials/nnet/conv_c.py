@@ -15,7 +15,7 @@ from pytensor.graph.utils import MethodNotDefined
 from deeplearning_tutorials.nnet.threads_c import THREADS_CODE
 
 # Bump when any C string below changes, so PyTensor recompiles the modules.
-C_CODE_VERSION = (20,)
+C_CODE_VERSION = (21,)
 
 _BLAS_CODE = r"""
 #ifndef DLT_NNET_BLAS_DEFINED
@@ -317,6 +317,83 @@ static int dlt_conv_gw_avx512(const float* x, const float* gz, float* gwf, int B
             for (p = 0; p < n; ++p) sum += a.G[((long)p * Kp + k) * Fp + f];
             gwf[k * F + f] = (float)sum;
         }
+    return 0;
+}
+
+/* The float32 input gradient for output rows 8 wide (LeNet5's second layer):
+   gx[b, c, i+u, j+v] += wf[f, (c, u, v)] * gz[b, f, i, j] summed over f, wf the
+   flipped filters packed as (F, Kp), Kp = C*kh*kw rounded up to 16. A tile is
+   16 output positions (two rows of 8, one vector of gz) times 16 taps: sixteen
+   sums over the filters in registers, each a vector load of gz and a broadcast
+   tap per filter; each sum then adds two 8-wide rows into gx (the image's gx, a
+   few kB, stays in the first-level cache). No column matrix: 9.4 -> 6.2 ms. The
+   sum over the filters runs in float32 in order f, as sgemm's over the same 50
+   terms; the taps of one image reach the same pixel in the order (c, u, v). */
+typedef struct {
+    const float* gz;
+    const float* wt;
+    float* gx;
+    int B, F, oh, C, kh, kw, Kp;
+} dlt_gi_avx512_args;
+
+static void dlt_gi_avx512_task(void* arg, int part, int nparts)
+{
+    const dlt_gi_avx512_args* a = (const dlt_gi_avx512_args*)arg;
+    const int F = a->F, oh = a->oh, C = a->C, kh = a->kh, kw = a->kw, Kp = a->Kp;
+    const int H = oh + kh - 1, W = 8 + kw - 1, K = C * kh * kw;
+    const long P = (long)oh * 8;
+    long lo, hi, b;
+    int i, k0, f, t;
+    dlt_split(a->B, part, nparts, &lo, &hi);
+    for (b = lo; b < hi; ++b) {
+        const float* gb = a->gz + (long)b * F * P;
+        float* gxb = a->gx + (long)b * C * H * W;
+        memset(gxb, 0, sizeof(float) * (long)C * H * W);
+        for (i = 0; i < oh; i += 2)
+            for (k0 = 0; k0 < Kp; k0 += 16) {
+                __m512 s[16];
+                const float* wk = a->wt + k0;
+                const float* g = gb + (long)i * 8;
+                const int ke = K - k0 < 16 ? K - k0 : 16;
+                for (t = 0; t < 16; ++t) s[t] = _mm512_setzero_ps();
+                for (f = 0; f < F; ++f, wk += Kp, g += P) {
+                    const __m512 gv = _mm512_loadu_ps(g);
+                    for (t = 0; t < 16; ++t) s[t] = _mm512_fmadd_ps(_mm512_set1_ps(wk[t]), gv, s[t]);
+                }
+                for (t = 0; t < ke; ++t) {
+                    const int k = k0 + t, c = k / (kh * kw), u = (k / kw) % kh, v = k % kw;
+                    float* o = gxb + ((long)c * H + i + u) * W + v;
+                    const __m256 r0 = _mm512_castps512_ps256(s[t]);
+                    const __m256 r1 =
+                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s[t]), 1));
+                    _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), r0));
+                    _mm256_storeu_ps(o + W, _mm256_add_ps(_mm256_loadu_ps(o + W), r1));
+                }
+            }
+    }
+}
+
+static int dlt_conv_gi_avx512(const float* gz, const float* w, float* gx, int B, int F, int oh,
+                              int C, int kh, int kw)
+{
+    const int K = C * kh * kw, Kp = (K + 15) / 16 * 16;
+    int n = dlt_threads(), f, k;
+    dlt_gi_avx512_args a;
+    float* wt = (float*)dlt_scratch(0, sizeof(float) * ((long)F * Kp + 1));
+    if (!wt) return -1;
+    for (f = 0; f < F; ++f)
+        for (k = 0; k < Kp; ++k) {
+            float val = 0.0f;
+            if (k < K) {
+                const int c = k / (kh * kw), u = (k / kw) % kh, v = k % kw;
+                val = w[(((long)f * C + c) * kh + (kh - 1 - u)) * kw + (kw - 1 - v)];
+            }
+            wt[(long)f * Kp + k] = val;
+        }
+    a.gz = gz; a.wt = wt; a.gx = gx; a.B = B; a.F = F; a.oh = oh; a.C = C; a.kh = kh;
+    a.kw = kw; a.Kp = Kp;
+    if (n > B) n = B;
+    dlt_parallel(dlt_gi_avx512_task, &a, n);
     return 0;
 }
 
@@ -650,6 +727,11 @@ static int dlt_conv_gi_SFX(const DLT_T* gz, const DLT_T* w, DLT_T* gx, int B, in
         memset(gx, 0, sizeof(DLT_T) * (long)B * C * H * W);
         return 0;
     }
+#ifdef DLT_HAVE_AVX512_CONV
+    if (sizeof(DLT_T) == sizeof(float) && ow == 8 && oh % 2 == 0 && K > 0)
+        return dlt_conv_gi_avx512((const float*)gz, (const float*)w, (float*)gx, B, F, oh, C, kh,
+                                  kw);
+#endif
     chunk = dlt_chunk(B, P * (K > F ? K : F));
     wf = (DLT_T*)dlt_scratch(0, sizeof(DLT_T) * ((long)F * K + 1));
     gzm = (DLT_T*)dlt_scratch(2, sizeof(DLT_T) * ((long)F * chunk * P + 1));

@@ -282,6 +282,25 @@ def test_c_filter_gradient_paths_match_oracle(xs, ws, dtype):
         np.testing.assert_allclose(got, ref, rtol=10 * RTOL[dtype], atol=100 * ATOL[dtype], err_msg=mode)
 
 
+@pytest.mark.parametrize("xs,ws", [
+    ((6, 3, 12, 12), (5, 3, 5, 5)),  # output rows 8 wide: float32 with AVX-512 tiles 16 x 16
+    ((5, 2, 10, 12), (3, 2, 4, 5)),  # rows 8 wide, an odd number of them: im2col + GEMM
+    ((3, 2, 9, 9), (4, 2, 5, 5)),  # rows 5 wide: im2col + GEMM
+])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_c_input_gradient_paths_match_oracle(xs, ws, dtype):
+    rng = np.random.default_rng(12)
+    x, w = data(rng, xs, ws, dtype)
+    gz = rng.standard_normal((xs[0], ws[0], xs[2] - ws[2] + 1, xs[3] - ws[3] + 1)).astype(dtype)
+    ref = conv2d_grad_inputs_numpy(gz.astype("float64"), w.astype("float64"))
+    xv, wv, gv = (pt.tensor4(name, dtype=dtype) for name in "xwg")
+    cost = (conv2d(xv, wv) * gv).sum()
+    for mode in ("CVM", "NUMBA"):
+        got = pytensor.function([xv, wv, gv], pytensor.grad(cost, xv), mode=mode)(x, w, gz)
+        assert got.dtype == dtype, mode
+        np.testing.assert_allclose(got, ref, rtol=10 * RTOL[dtype], atol=100 * ATOL[dtype], err_msg=mode)
+
+
 def test_realistic_lenet_shapes():
     # LeNet5 layer1 at a reduced batch: (b, 20, 12, 12) * (50, 20, 5, 5).
     rng = np.random.default_rng(9)
