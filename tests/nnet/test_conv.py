@@ -264,22 +264,30 @@ def test_c_forward_paths_match_scipy(xs, ws, dtype):
         np.testing.assert_allclose(got, ref, rtol=RTOL[dtype], atol=10 * ATOL[dtype], err_msg=mode)
 
 
+def _check_c_gradient(xs, ws, dtype, wrt, seed):
+    """The gradient of sum(gz * conv2d(x, w)) with respect to x or w, on CVM and
+    NUMBA, against the NumPy oracle in float64."""
+    rng = np.random.default_rng(seed)
+    x, w = data(rng, xs, ws, dtype)
+    gz = rng.standard_normal((xs[0], ws[0], xs[2] - ws[2] + 1, xs[3] - ws[3] + 1)).astype(dtype)
+    x64, w64, gz64 = (a.astype("float64") for a in (x, w, gz))
+    ref = conv2d_grad_inputs_numpy(gz64, w64) if wrt == "x" else conv2d_grad_filters_numpy(x64, gz64)
+    xv, wv, gv = (pt.tensor4(name, dtype=dtype) for name in "xwg")
+    cost = (conv2d(xv, wv) * gv).sum()
+    for mode in ("CVM", "NUMBA"):
+        grad = pytensor.grad(cost, xv if wrt == "x" else wv)
+        got = pytensor.function([xv, wv, gv], grad, mode=mode)(x, w, gz)
+        assert got.dtype == dtype, mode
+        np.testing.assert_allclose(got, ref, rtol=10 * RTOL[dtype], atol=100 * ATOL[dtype], err_msg=mode)
+
+
 @pytest.mark.parametrize("xs,ws", C_FORWARD_SHAPES)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_c_filter_gradient_paths_match_oracle(xs, ws, dtype):
     # The same shapes for the filters' gradient: direct for few taps, else im2col +
     # GEMM, or in float32 with AVX-512 tiles of 4 taps x 64 filters (50 taps: not a
     # multiple of 4; 70 filters: two blocks).
-    rng = np.random.default_rng(11)
-    x, w = data(rng, xs, ws, dtype)
-    gz = rng.standard_normal((xs[0], ws[0], xs[2] - ws[2] + 1, xs[3] - ws[3] + 1)).astype(dtype)
-    ref = conv2d_grad_filters_numpy(x.astype("float64"), gz.astype("float64"))
-    xv, wv, gv = (pt.tensor4(name, dtype=dtype) for name in "xwg")
-    cost = (conv2d(xv, wv) * gv).sum()
-    for mode in ("CVM", "NUMBA"):
-        got = pytensor.function([xv, wv, gv], pytensor.grad(cost, wv), mode=mode)(x, w, gz)
-        assert got.dtype == dtype, mode
-        np.testing.assert_allclose(got, ref, rtol=10 * RTOL[dtype], atol=100 * ATOL[dtype], err_msg=mode)
+    _check_c_gradient(xs, ws, dtype, "w", seed=11)
 
 
 @pytest.mark.parametrize("xs,ws", [
@@ -289,16 +297,7 @@ def test_c_filter_gradient_paths_match_oracle(xs, ws, dtype):
 ])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_c_input_gradient_paths_match_oracle(xs, ws, dtype):
-    rng = np.random.default_rng(12)
-    x, w = data(rng, xs, ws, dtype)
-    gz = rng.standard_normal((xs[0], ws[0], xs[2] - ws[2] + 1, xs[3] - ws[3] + 1)).astype(dtype)
-    ref = conv2d_grad_inputs_numpy(gz.astype("float64"), w.astype("float64"))
-    xv, wv, gv = (pt.tensor4(name, dtype=dtype) for name in "xwg")
-    cost = (conv2d(xv, wv) * gv).sum()
-    for mode in ("CVM", "NUMBA"):
-        got = pytensor.function([xv, wv, gv], pytensor.grad(cost, xv), mode=mode)(x, w, gz)
-        assert got.dtype == dtype, mode
-        np.testing.assert_allclose(got, ref, rtol=10 * RTOL[dtype], atol=100 * ATOL[dtype], err_msg=mode)
+    _check_c_gradient(xs, ws, dtype, "x", seed=12)
 
 
 def test_realistic_lenet_shapes():
