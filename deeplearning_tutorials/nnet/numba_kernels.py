@@ -133,6 +133,39 @@ def _gather_gz(gz, b0, nb, gzm):
                     gzm[f, bb * P + i * ow + j] = gz[b0 + bb, f, i, j]
 
 
+# The shape checks of the convolution kernels, shared by Numba's own kernels and
+# by the calls of the C library below: each returns the result's shape.
+@_njit
+def _conv_out_shape(x, w):
+    B, C, H, W = x.shape
+    F, C2, kh, kw = w.shape
+    if C2 != C:
+        raise ValueError("conv2d: input maps and filter input maps differ")
+    if kh > H or kw > W:
+        raise ValueError("conv2d: filter larger than the image")
+    return (B, F, H - kh + 1, W - kw + 1)
+
+
+@_njit
+def _conv_gi_shape(gz, w):
+    B, F, oh, ow = gz.shape
+    F2, C, kh, kw = w.shape
+    if F2 != F:
+        raise ValueError("conv2d grad: output maps and filters differ")
+    return (B, C, oh + kh - 1, ow + kw - 1)
+
+
+@_njit
+def _conv_gw_shape(x, gz):
+    B, C, H, W = x.shape
+    B2, F, oh, ow = gz.shape
+    if B2 != B:
+        raise ValueError("conv2d grad: batch sizes differ")
+    if oh > H or ow > W:
+        raise ValueError("conv2d grad: input and output gradient shapes disagree")
+    return (F, C, H - oh + 1, W - ow + 1)
+
+
 @_njit
 def conv2d_valid(x, w):
     """True 'valid' 2-D convolution summed over input maps.
@@ -146,14 +179,8 @@ def conv2d_valid(x, w):
     -------
     ndarray, shape (B, F, H-kh+1, W-kw+1)
     """
-    B, C, H, W = x.shape
-    F, C2, kh, kw = w.shape
-    if C2 != C:
-        raise ValueError("conv2d: input maps and filter input maps differ")
-    if kh > H or kw > W:
-        raise ValueError("conv2d: filter larger than the image")
-    oh = H - kh + 1
-    ow = W - kw + 1
+    B, F, oh, ow = _conv_out_shape(x, w)
+    C, kh, kw = w.shape[1], w.shape[2], w.shape[3]
     P = oh * ow
     K = C * kh * kw
     out = np.empty((B, F, oh, ow), dtype=x.dtype)
@@ -190,12 +217,9 @@ def conv2d_grad_inputs(gz, w):
     -------
     ndarray, shape (B, C, oh+kh-1, ow+kw-1)
     """
-    B, F, oh, ow = gz.shape
-    F2, C, kh, kw = w.shape
-    if F2 != F:
-        raise ValueError("conv2d grad: output maps and filters differ")
-    H = oh + kh - 1
-    W = ow + kw - 1
+    B, C, H, W = _conv_gi_shape(gz, w)
+    F, oh, ow = gz.shape[1], gz.shape[2], gz.shape[3]
+    kh, kw = w.shape[2], w.shape[3]
     P = oh * ow
     K = C * kh * kw
     gx = np.zeros((B, C, H, W), dtype=gz.dtype)
@@ -228,12 +252,9 @@ def conv2d_grad_filters(x, gz):
     -------
     ndarray, shape (F, C, H-oh+1, W-ow+1)
     """
-    B, C, H, W = x.shape
-    B2, F, oh, ow = gz.shape
-    if B2 != B:
-        raise ValueError("conv2d grad: batch sizes differ")
-    kh = H - oh + 1
-    kw = W - ow + 1
+    F, C, kh, kw = _conv_gw_shape(x, gz)
+    B, H, W = x.shape[0], x.shape[2], x.shape[3]
+    oh, ow = gz.shape[2], gz.shape[3]
     P = oh * ow
     K = C * kh * kw
     gwf = np.zeros((F, K), dtype=x.dtype)
@@ -390,7 +411,7 @@ _C_ARGS = {"conv_fwd": (3, 7), "conv_gi": (3, 7), "conv_gw": (3, 7), "pool": (4,
            "bias_tanh": (3, 3), "sum_bhw": (2, 3)}
 
 # Bump when a kernel changes, so that PyTensor's on-disk cache is not reused stale.
-_VERSION = 9
+_VERSION = 10
 
 
 def kernel_and_salt(c_kernel, numba_kernel):
@@ -457,13 +478,9 @@ def _ol_c_conv2d_valid(x, w):
     def impl(x, w):
         x = np.ascontiguousarray(x)
         w = np.ascontiguousarray(w)
+        out = np.empty(_conv_out_shape(x, w), dtype=x.dtype)
         B, C, H, W = x.shape
-        F, C2, kh, kw = w.shape
-        if C2 != C:
-            raise ValueError("conv2d: input maps and filter input maps differ")
-        if kh > H or kw > W:
-            raise ValueError("conv2d: filter larger than the image")
-        out = np.empty((B, F, H - kh + 1, W - kw + 1), dtype=x.dtype)
+        F, kh, kw = w.shape[0], w.shape[2], w.shape[3]
         if fn(x.ctypes.data, w.ctypes.data, out.ctypes.data, B, C, H, W, F, kh, kw) != 0:
             raise MemoryError("conv2d: out of memory for the column matrices")
         return out
@@ -480,11 +497,9 @@ def _ol_c_conv2d_grad_inputs(gz, w):
     def impl(gz, w):
         gz = np.ascontiguousarray(gz)
         w = np.ascontiguousarray(w)
+        gx = np.empty(_conv_gi_shape(gz, w), dtype=gz.dtype)
         B, F, oh, ow = gz.shape
-        F2, C, kh, kw = w.shape
-        if F2 != F:
-            raise ValueError("conv2d grad: output maps and filters differ")
-        gx = np.empty((B, C, oh + kh - 1, ow + kw - 1), dtype=gz.dtype)
+        C, kh, kw = w.shape[1], w.shape[2], w.shape[3]
         if fn(gz.ctypes.data, w.ctypes.data, gx.ctypes.data, B, F, oh, ow, C, kh, kw) != 0:
             raise MemoryError("conv2d grad: out of memory for the column matrices")
         return gx
@@ -501,13 +516,9 @@ def _ol_c_conv2d_grad_filters(x, gz):
     def impl(x, gz):
         x = np.ascontiguousarray(x)
         gz = np.ascontiguousarray(gz)
+        gw = np.empty(_conv_gw_shape(x, gz), dtype=x.dtype)
         B, C, H, W = x.shape
-        B2, F, oh, ow = gz.shape
-        if B2 != B:
-            raise ValueError("conv2d grad: batch sizes differ")
-        if oh > H or ow > W:
-            raise ValueError("conv2d grad: input and output gradient shapes disagree")
-        gw = np.empty((F, C, H - oh + 1, W - ow + 1), dtype=x.dtype)
+        F, oh, ow = gz.shape[1], gz.shape[2], gz.shape[3]
         if fn(x.ctypes.data, gz.ctypes.data, gw.ctypes.data, B, C, H, W, F, oh, ow) != 0:
             raise MemoryError("conv2d grad: out of memory for the column matrices")
         return gw
