@@ -110,10 +110,11 @@ static int dlt_chunk(int batch, long per_image)
 """
 
 
-# The float32 forward pass of layers with many taps, on processors with AVX-512
-# (when PyTensor's flags for this machine enable it): an implicit GEMM whose
-# operands never leave the caches, in place of im2col and sgemm.
-_AVX512_FWD_CODE = r"""
+# The float32 forward pass and both gradients of layers with many taps, on
+# processors with AVX-512 (when PyTensor's flags for this machine enable it):
+# implicit GEMMs whose operands never leave the caches, in place of im2col (or
+# col2im) and sgemm.
+_AVX512_CONV_CODE = r"""
 #ifndef DLT_NNET_AVX512_CONV_DEFINED
 #define DLT_NNET_AVX512_CONV_DEFINED
 #if defined(__AVX512F__)
@@ -1035,7 +1036,7 @@ POOL_SUPPORT_CODE = (
 SUPPORT_CODE = (
     THREADS_CODE
     + _BLAS_CODE
-    + _AVX512_FWD_CODE
+    + _AVX512_CONV_CODE
     + _kernels(_KERNELS_TEMPLATE, "float", "f32", "dlt_rm_sgemm")
     + _kernels(_KERNELS_TEMPLATE, "double", "f64", "dlt_rm_dgemm")
 )
