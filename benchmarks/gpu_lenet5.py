@@ -4,7 +4,8 @@ One script for a lent GPU machine (or any JAX device), in three parts:
 
 1. ``step``: ms per training minibatch (batch 500) of the port
    (``lenet5_functions(..., mode="JAX")``, the tutorial's own graph with its
-   ``givens`` slices) and of the same step hand-written in JAX (``jax.jit`` of
+   ``givens`` slices; on a GPU its convolutions are im2col + GEMM, see
+   ``deeplearning_tutorials.nnet.jax_kernels``) and of the same step hand-written in JAX (``jax.jit`` of
    ``jax.grad``, the data on the device, ``lax.dynamic_slice`` for the
    minibatch, the parameters donated).  Each step is timed as the tutorial's
    loop calls it: the call, then ``float(cost)``, which waits for the device.
@@ -16,8 +17,9 @@ One script for a lent GPU machine (or any JAX device), in three parts:
 2. ``schedule``: the whole default LeNet5 run
    (``python -m deeplearning_tutorials.convolutional_mlp --mode JAX --floatX
    float32``), timed end to end as a child process (interpreter start, MNIST
-   loading and compilation included), twice: with an empty compile cache and
-   with the one the first run left; its output goes to ``$OUT`` when set.
+   loading and compilation included): once with an empty compile cache, then
+   ``--warm-runs`` times with the one the first run left; its output goes to
+   ``$OUT`` when set.
 3. A summary table, printed last.
 
 Usage::
@@ -188,6 +190,8 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=None,
                         help="n_epochs of the full run (the tutorial's 200 when omitted)")
     parser.add_argument("--skip-schedule", action="store_true")
+    parser.add_argument("--warm-runs", type=int, default=1,
+                        help="full runs with the compile cache the first (cold) run left")
     parser.add_argument("--profile-epochs", type=int, default=0,
                         help="also profile a run of this many epochs (0: none)")
     args = parser.parse_args(argv)
@@ -198,7 +202,9 @@ def main(argv=None):
     scheds = []
     if not args.skip_schedule:
         with tempfile.TemporaryDirectory() as compiledir:
-            for label in ("cold", "warm"):
+            labels = ["cold"] + [f"warm{i + 1}" if args.warm_runs > 1 else "warm"
+                                 for i in range(args.warm_runs)]
+            for label in labels:
                 scheds.append(schedule(args.dataset, "float32", args.epochs, out_dir, compiledir, label))
                 print("schedule", json.dumps(scheds[-1]), flush=True)
     if args.profile_epochs:
@@ -206,7 +212,10 @@ def main(argv=None):
 
     import jax
 
-    print(f"jax {jax.__version__}, devices {jax.devices()}", flush=True)
+    from deeplearning_tutorials.nnet.jax_kernels import conv_algorithm
+
+    algorithms = {fx: conv_algorithm(dtype=fx) for fx in args.floatX}
+    print(f"jax {jax.__version__}, devices {jax.devices()}, the port's convolutions {algorithms}", flush=True)
     arrays = _arrays(args.dataset)
     rows = {}
     for floatX in args.floatX:

@@ -538,21 +538,38 @@ optdb.register(
 )
 
 
+def _numba_available() -> bool:
+    """Whether Numba (and with it PyTensor's Numba backend) can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("numba") is not None
+
+
 def _register_numba_fast_tanh() -> bool:
-    """Give :class:`FastTanhF32` a Numba implementation and rewrite Numba's float32 ``tanh`` too.
+    """Rewrite Numba's float32 ``tanh`` into :class:`FastTanhF32` too.
 
     Numba calls libm's ``tanhf`` (and ``expm1f``), which kept the float32
-    training step's loops scalar: about 17 % of LeNet5's main thread. The same
-    rational function as :data:`FAST_TANHF_CODE`, operation for operation in
-    float32 and rounded as there. Returns False when Numba's PyTensor backend is
-    unavailable.
+    training step's loops scalar: about 17 % of LeNet5's main thread. The Numba
+    function (:func:`_register_numba_fast_tanh_funcify`) is the same rational
+    function as :data:`FAST_TANHF_CODE`, operation for operation in float32 and
+    rounded as there. Returns False when Numba is not installed.
     """
-    try:
-        from pytensor.link.numba.dispatch import basic as numba_basic
-        from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
-        from pytensor.link.numba.dispatch.scalar import scalar_op_cache_key
-    except ImportError:
+    if not _numba_available():
         return False
+    optdb.register(
+        "local_fast_tanh_f32_for_numba",
+        in2out(local_fast_tanh_f32_for_c),
+        "numba",
+        position=49.4,
+    )
+    return True
+
+
+def _register_numba_fast_tanh_funcify():
+    """The Numba function of :class:`FastTanhF32` (imports Numba)."""
+    from pytensor.link.numba.dispatch import basic as numba_basic
+    from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
+    from pytensor.link.numba.dispatch.scalar import scalar_op_cache_key
 
     f32 = np.float32
     clamp = f32(7.90531110763549805)
@@ -594,14 +611,6 @@ def _register_numba_fast_tanh() -> bool:
             return x if abs(x) < tiny else p / q
 
         return fast_tanh, scalar_op_cache_key(op, cache_version=3, dtype="float32")
-
-    optdb.register(
-        "local_fast_tanh_f32_for_numba",
-        in2out(local_fast_tanh_f32_for_c),
-        "numba",
-        position=49.4,
-    )
-    return True
 
 
 _register_numba_fast_tanh()
@@ -900,22 +909,50 @@ optdb.register(
 )
 
 
-def _register_numba_c_ops() -> bool:
-    """:class:`BiasTanh` and :class:`SumOverBatchAndSpace` on the Numba backend too.
+def _register_numba_c_rewrites() -> bool:
+    """The rewrites that put :class:`BiasTanh` and :class:`SumOverBatchAndSpace` in Numba graphs.
 
-    Their Numba functions call the same C code as the C backends, from the library of
-    :mod:`deeplearning_tutorials.nnet.numba_c`; the rewrites that put them in a graph
-    run under the Numba backend only when that library loads (PyTensor's own fused loop
-    and reduction otherwise). Returns False when Numba's PyTensor backend is unavailable.
+    Their Numba functions (:func:`register_numba_funcify`) call the same C code as
+    the C backends, from the library of :mod:`deeplearning_tutorials.nnet.numba_c`;
+    the rewrites run under the Numba backend only when that library loads
+    (PyTensor's own fused loop and reduction otherwise). Returns False when Numba is
+    not installed.
     """
-    try:
-        from pytensor.link.numba.dispatch.basic import (
-            numba_njit,
-            register_funcify_default_op_cache_key,
-        )
-    except ImportError:
+    if not _numba_available():
         return False
-    from deeplearning_tutorials.nnet import numba_c, numba_kernels as nk
+    from deeplearning_tutorials.nnet import numba_c
+
+    def with_library(rewrite, tracks):
+        @node_rewriter(tracks)
+        def rewrite_for_numba(fgraph, node):
+            # The match first: a graph without these nodes (the first two lessons')
+            # does not need the library built or loaded.
+            new = rewrite.transform(fgraph, node)
+            return new if new and numba_c.load() else None
+
+        rewrite_for_numba.__name__ = rewrite.__name__.replace("_for_c", "_for_numba")
+        return rewrite_for_numba
+
+    for rewrite, tracks, position in ((local_bias_grad_sum_for_c, [Sum], 49.45),
+                                      (local_bias_tanh_for_c, [Elemwise], 49.42)):
+        numba_rewrite = with_library(rewrite, tracks)
+        optdb.register(numba_rewrite.__name__, in2out(numba_rewrite), "numba", position=position)
+    return True
+
+
+def register_numba_funcify():
+    """The Numba functions of this module's Ops: :class:`FastTanhF32`, :class:`BiasTanh`, :class:`SumOverBatchAndSpace`.
+
+    Called by :func:`deeplearning_tutorials.nnet.register_numba` the first time
+    PyTensor's Numba backend compiles a graph (it imports Numba).
+    """
+    _register_numba_fast_tanh_funcify()
+    from pytensor.link.numba.dispatch.basic import (
+        numba_njit,
+        register_funcify_default_op_cache_key,
+    )
+
+    from deeplearning_tutorials.nnet import numba_kernels as nk
 
     @register_funcify_default_op_cache_key(BiasTanh)
     def numba_funcify_BiasTanh(op, node=None, **kwargs):
@@ -938,25 +975,8 @@ def _register_numba_c_ops() -> bool:
 
         return sum_over_batch_and_space, salt
 
-    def with_library(rewrite, tracks):
-        @node_rewriter(tracks)
-        def rewrite_for_numba(fgraph, node):
-            # The match first: a graph without these nodes (the first two lessons')
-            # does not need the library built or loaded.
-            new = rewrite.transform(fgraph, node)
-            return new if new and numba_c.load() else None
 
-        rewrite_for_numba.__name__ = rewrite.__name__.replace("_for_c", "_for_numba")
-        return rewrite_for_numba
-
-    for rewrite, tracks, position in ((local_bias_grad_sum_for_c, [Sum], 49.45),
-                                      (local_bias_tanh_for_c, [Elemwise], 49.42)):
-        numba_rewrite = with_library(rewrite, tracks)
-        optdb.register(numba_rewrite.__name__, in2out(numba_rewrite), "numba", position=position)
-    return True
-
-
-_register_numba_c_ops()
+_register_numba_c_rewrites()
 
 
 # --------------------------------------------------------------------------

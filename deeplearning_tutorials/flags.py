@@ -34,10 +34,12 @@ def check_mode(mode):
                 "mode 'JAX' needs jax: pip install 'deeplearning_tutorials[jax]'"
             ) from None
         from deeplearning_tutorials import training
-        from deeplearning_tutorials.nnet.jax_kernels import conv_precision
+        from deeplearning_tutorials.nnet.jax_kernels import conv_algorithm, conv_precision
 
         try:
-            conv_precision()  # $DEEPLEARNING_TUTORIALS_JAX_PRECISION, before any compile
+            # $DEEPLEARNING_TUTORIALS_JAX_PRECISION and _JAX_CONV, before any compile
+            conv_precision()
+            conv_algorithm(platform="cpu")
         except ValueError as err:
             raise training.ArgumentError(str(err)) from None
     return name

@@ -257,6 +257,36 @@ print(float(err), float(nll))
 """
 
 
+_LAZY_NUMBA_SCRIPT = """
+import sys
+import numpy as np, pytensor, pytensor.tensor as pt
+from deeplearning_tutorials import convolutional_mlp
+from deeplearning_tutorials import nnet
+from deeplearning_tutorials.nnet import conv2d, pool_2d
+before = "numba" in sys.modules or nnet._numba["registered"]
+x, w = pt.tensor4("x"), pt.tensor4("w")
+cost = pt.tanh(pool_2d(conv2d(x, w), (2, 2), ignore_border=True)).sum()
+f = pytensor.function([x, w], [cost, pytensor.grad(cost, w).sum()], mode="NUMBA")
+c, g = f(np.ones((1, 1, 6, 6)), np.full((2, 1, 3, 3), 0.1))
+print(before, "numba" in sys.modules and nnet._numba["registered"], repr(float(c)), repr(float(g)))
+"""
+
+
+def test_numba_is_imported_when_the_numba_backend_first_compiles(tmp_path):
+    """Importing a lesson leaves Numba alone (half a second that the C and JAX
+    backends need not pay); the first Numba compile registers the kernels."""
+    env = dict(os.environ, PYTENSOR_FLAGS=f"base_compiledir={tmp_path}")
+    out = subprocess.run([sys.executable, "-c", _LAZY_NUMBA_SCRIPT], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after, c, g = out.stdout.split()
+    assert (before, after) == ("False", "True")
+    # Every pooled output is tanh(0.9); the filters' gradient is 8 windows of 9 ones each
+    # times tanh'(0.9) (one maximum per window: all four inputs tie, all get it, 4x).
+    assert float(c) == pytest.approx(8 * np.tanh(0.9), rel=1e-12)
+    assert float(g) == pytest.approx(8 * 4 * 9 * (1 - np.tanh(0.9) ** 2), rel=1e-12)
+
+
 @needs_cxx
 @pytest.mark.parametrize("mode", ["C", "CVM"])
 def test_a_lessons_first_compile_already_has_the_backend_glue(mode, tmp_path):

@@ -96,6 +96,19 @@ def test_first_three_costs_equal_the_original_library(mnist_arrays, mode):
     np.testing.assert_allclose(costs, ORIGINAL_FIRST_COSTS, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("floatX, rtol", [("float64", 1e-12), ("float32", 1e-5)])
+def test_jax_gemm_convolutions_give_the_original_librarys_costs(mnist_arrays, monkeypatch, floatX, rtol):
+    """The GPU's default convolutions (im2col + GEMM), run here on the CPU."""
+    pytest.importorskip("jax")
+    from deeplearning_tutorials.nnet import jax_kernels
+
+    monkeypatch.setenv(jax_kernels.ALGORITHM_ENV, "gemm")
+    with pytensor.config.change_flags(floatX=floatX, mode="JAX"):
+        _, train_model, _ = lenet5_functions(small_split(mnist_arrays), mode="JAX")
+        costs = [float(train_model(i)) for i in range(3)]
+    np.testing.assert_allclose(costs, ORIGINAL_FIRST_COSTS, rtol=rtol, atol=0)
+
+
 def test_backends_agree_after_a_few_steps(mnist_arrays):
     """Parameters and validation error after 4 steps agree across backends (float64)."""
     results = {}

@@ -4,9 +4,13 @@
   convolution of ``(batch, in_maps, h, w)`` images with ``(n_filters, in_maps, kh, kw)`` filters;
 * :func:`pool_2d` and :func:`max_pool_2d` -- non-overlapping max pooling of the last two axes.
 
-Importing this package registers the Numba and (when JAX is installed) JAX
-implementations of the Ops with PyTensor's backends.
+Importing this package registers the JAX implementations of the Ops (when JAX is
+installed) with PyTensor's backends, and the Numba ones the first time PyTensor's
+Numba backend compiles a graph (:func:`register_numba`).
 """
+
+import functools
+import sys
 
 from deeplearning_tutorials.nnet.conv import (
     Conv2d,
@@ -28,10 +32,51 @@ __all__ = [
 ]
 
 
-def _register_backends():
+_numba = {"registered": False}
+
+
+def register_numba():
+    """Register the Numba implementations of the Ops (and of the backend's own Ops), once.
+
+    Port note: this imports Numba and PyTensor's Numba backend, half a second
+    that a run on the C or JAX backend need not pay; importing this package
+    therefore makes PyTensor call it the first time its Numba linker converts a
+    graph (:func:`_register_numba_on_first_use`), before any Numba function of
+    these Ops is asked for.
+    """
+    if _numba["registered"]:
+        return
+    from deeplearning_tutorials import backend
     from deeplearning_tutorials.nnet import numba_kernels
 
     numba_kernels.register_numba_dispatch()
+    backend.register_numba_funcify()
+    _numba["registered"] = True
+
+
+def _register_numba_on_first_use():
+    try:
+        from pytensor.link.numba.linker import NumbaLinker
+    except ImportError:  # a PyTensor without a Numba backend
+        return
+    if "pytensor.link.numba.dispatch" in sys.modules:  # already paid for: register now
+        register_numba()
+        return
+    convert = NumbaLinker.fgraph_convert
+    if getattr(convert, "registers_deeplearning_tutorials", False):
+        return
+
+    @functools.wraps(convert)
+    def fgraph_convert(self, *args, **kwargs):
+        register_numba()
+        return convert(self, *args, **kwargs)
+
+    fgraph_convert.registers_deeplearning_tutorials = True
+    NumbaLinker.fgraph_convert = fgraph_convert
+
+
+def _register_backends():
+    _register_numba_on_first_use()
     try:
         import jax  # noqa: F401
     except ImportError:  # JAX is optional: without it the JAX backend is simply unavailable.

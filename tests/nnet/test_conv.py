@@ -367,3 +367,97 @@ def test_jax_conv_precision_defaults_to_float32_and_refuses_nonsense(monkeypatch
     x, w = pt.tensor4("x"), pt.tensor4("w")
     with pytest.raises(ValueError, match="DEEPLEARNING_TUTORIALS_JAX_PRECISION='tf32': choose one of highest"):
         pytensor.function([x, w], conv2d(x, w), mode="JAX")
+
+
+# The JAX backend's convolutions as im2col + one matrix product ("gemm"; on a GPU by
+# default), against the same oracles: forward, input and filter gradients.
+JAX_GEMM_SHAPES = C_FORWARD_SHAPES + [
+    ((6, 3, 12, 12), (5, 3, 5, 5)),
+    ((2, 1, 5, 7), (3, 1, 5, 7)),  # filters as large as the image: one output pixel
+]
+
+
+@pytest.mark.parametrize("xs,ws", JAX_GEMM_SHAPES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_jax_gemm_convolutions_match_the_oracles(xs, ws, dtype, monkeypatch):
+    pytest.importorskip("jax")
+    from deeplearning_tutorials.nnet import jax_kernels
+
+    monkeypatch.setenv(jax_kernels.ALGORITHM_ENV, "gemm")
+    rng = np.random.default_rng(13)
+    x, w = data(rng, xs, ws, dtype)
+    gz = rng.standard_normal((xs[0], ws[0], xs[2] - ws[2] + 1, xs[3] - ws[3] + 1)).astype(dtype)
+    x64, w64, gz64 = (a.astype("float64") for a in (x, w, gz))
+    xv, wv, gv = (pt.tensor4(name, dtype=dtype) for name in "xwg")
+    z = conv2d(xv, wv)
+    f = pytensor.function([xv, wv, gv], [z, *pytensor.grad((z * gv).sum(), [xv, wv])], mode="JAX")
+    out, gx, gw = (np.asarray(a) for a in f(x, w, gz))
+    assert out.dtype == gx.dtype == gw.dtype == dtype
+    np.testing.assert_allclose(out, scipy_conv(x64, w64), rtol=RTOL[dtype], atol=10 * ATOL[dtype])
+    np.testing.assert_allclose(gx, conv2d_grad_inputs_numpy(gz64, w64), rtol=10 * RTOL[dtype],
+                               atol=100 * ATOL[dtype])
+    np.testing.assert_allclose(gw, conv2d_grad_filters_numpy(x64, gz64), rtol=10 * RTOL[dtype],
+                               atol=100 * ATOL[dtype])
+
+
+@pytest.mark.parametrize("setting, platform, dtype, expected", [
+    (None, "cpu", "float32", "xla"), (None, "cpu", "float64", "gemm"), (None, "gpu", "float32", "gemm"),
+    (None, "cuda", "float64", "gemm"), ("auto", "cpu", "float32", "xla"),
+    (" GEMM ", "cpu", "float32", "gemm"), ("xla", "gpu", "float64", "xla"),
+])
+def test_jax_conv_algorithm_from_the_environment(monkeypatch, setting, platform, dtype, expected):
+    pytest.importorskip("jax")
+    from deeplearning_tutorials.nnet import jax_kernels
+
+    if setting is None:
+        monkeypatch.delenv(jax_kernels.ALGORITHM_ENV, raising=False)
+    else:
+        monkeypatch.setenv(jax_kernels.ALGORITHM_ENV, setting)
+    assert jax_kernels.conv_algorithm(platform, dtype) == expected
+
+
+@pytest.mark.parametrize("algorithm, primitive", [("gemm", "dot_general"), ("xla", "conv_general_dilated")])
+def test_jax_conv_algorithm_picks_the_kernels(monkeypatch, algorithm, primitive):
+    jax = pytest.importorskip("jax")
+    from pytensor.link.jax.dispatch import jax_funcify
+
+    from deeplearning_tutorials.nnet import jax_kernels
+
+    monkeypatch.setenv(jax_kernels.ALGORITHM_ENV, algorithm)
+    x, w = pt.tensor4("x"), pt.tensor4("w")
+    z = conv2d(x, w)
+    gx, gw = pytensor.grad(z.sum(), [x, w])
+    xs, ws, zs = np.ones((2, 3, 6, 6)), np.ones((4, 3, 3, 3)), np.ones((2, 4, 4, 4))
+    for var, args in ((z, (xs, ws)), (gx, (zs, ws)), (gw, (xs, zs))):
+        fn = jax_funcify(var.owner.op, node=var.owner)
+        prims = {e.primitive.name for e in jax.make_jaxpr(fn)(*args).eqns}
+        assert primitive in prims, (var.owner.op, prims)
+        assert not {"dot_general", "conv_general_dilated"} - {primitive} & prims, prims
+
+
+def test_jax_conv_algorithm_refuses_nonsense(monkeypatch):
+    pytest.importorskip("jax")
+    from deeplearning_tutorials.nnet import jax_kernels
+
+    monkeypatch.setenv(jax_kernels.ALGORITHM_ENV, "cudnn")
+    with pytest.raises(ValueError, match="DEEPLEARNING_TUTORIALS_JAX_CONV='cudnn': choose one of auto, gemm, xla"):
+        jax_kernels.conv_algorithm("cpu")
+    x, w = pt.tensor4("x"), pt.tensor4("w")
+    with pytest.raises(ValueError, match="DEEPLEARNING_TUTORIALS_JAX_CONV='cudnn'"):
+        pytensor.function([x, w], conv2d(x, w), mode="JAX")
+
+
+def test_jax_dot_takes_the_precision(monkeypatch):
+    # JAX's default lets NVIDIA GPUs multiply float32 matrices in TF32; the
+    # hidden and logistic layers' dot asks for float32 as the convolutions do.
+    jax = pytest.importorskip("jax")
+    from pytensor.link.jax.dispatch import jax_funcify
+    from pytensor.tensor.math import Dot
+
+    from deeplearning_tutorials.nnet import jax_kernels
+
+    a = np.ones((2, 3), "float32")
+    monkeypatch.delenv(jax_kernels.PRECISION_ENV, raising=False)
+    assert "Precision.HIGHEST" in str(jax.make_jaxpr(jax_funcify(Dot()))(a, a.T))
+    monkeypatch.setenv(jax_kernels.PRECISION_ENV, "default")
+    assert "Precision.HIGHEST" not in str(jax.make_jaxpr(jax_funcify(Dot()))(a, a.T))
