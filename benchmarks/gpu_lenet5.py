@@ -22,6 +22,11 @@ One script for a lent GPU machine (or any JAX device), in three parts:
    ``$OUT`` when set.
 3. A summary table, printed last.
 
+``--trace-steps N`` also traces N of the port's float32 training steps with
+JAX's profiler and prints, per step, the device's kernels (time and count)
+and the host's busiest events: where a step's time goes on the device, and
+what the host does for each call.
+
 Usage::
 
     python benchmarks/gpu_lenet5.py --dataset mnist.pkl.gz              # all of it
@@ -141,6 +146,72 @@ def jax_step(arrays, floatX, steps, precision=None):
     return {"train_ms": ms, "pipelined_ms": pipelined, "first_cost": first, "compile_s": compile_s}
 
 
+def summarize_trace(trace_dir, steps, top=25):
+    """Lines summarizing a ``jax.profiler.trace(..., create_perfetto_trace=True)`` of ``steps`` steps.
+
+    Device rows: each GPU stream's busy time and span per step, and its kernels
+    by total time. Host rows: the busiest named events (XLA's launch of the
+    program, PyTensor's call, Python frames) per step.
+    """
+    import collections
+    import glob
+    import gzip
+
+    paths = sorted(glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "perfetto_trace.json.gz")))
+    if not paths:
+        return ["no trace was written"]
+    with gzip.open(paths[-1]) as f:
+        events = json.load(f)["traceEvents"]
+    meta = {(e["pid"], e.get("tid"), e["name"]): e["args"]["name"] for e in events
+            if e.get("ph") == "M" and e.get("name") in ("process_name", "thread_name")}
+    totals = collections.defaultdict(lambda: [0.0, 0])
+    spans = {}
+    for e in events:
+        if e.get("ph") != "X":
+            continue
+        process = meta.get((e["pid"], None, "process_name"), "")
+        device = "GPU" in process.upper()
+        thread = meta.get((e["pid"], e.get("tid"), "thread_name"), "?")
+        key = (device, thread if device else "host", e["name"])
+        totals[key][0] += e.get("dur", 0.0)
+        totals[key][1] += 1
+        if device:
+            lo, hi = spans.get(thread, (float("inf"), 0.0))
+            spans[thread] = (min(lo, e["ts"]), max(hi, e["ts"] + e.get("dur", 0.0)))
+    lines = []
+    for thread, (lo, hi) in sorted(spans.items()):
+        rows = sorted(((v[0], v[1], k[2]) for k, v in totals.items() if k[0] and k[1] == thread), reverse=True)
+        busy = sum(r[0] for r in rows)
+        lines.append(f"device {thread}: busy {busy / steps:.1f} us of a {(hi - lo) / steps:.1f} us span per step, "
+                     f"{sum(r[1] for r in rows) / steps:.1f} kernels per step")
+        lines += [f"  {t / steps:8.1f} us x{n / steps:4.1f}  {name[:120]}" for t, n, name in rows[:top]]
+    rows = sorted(((v[0], v[1], k[2]) for k, v in totals.items() if not k[0]), reverse=True)
+    lines.append("host, busiest events (nested events count in each of their parents):")
+    lines += [f"  {t / steps:8.1f} us x{n / steps:4.1f}  {name[:120]}" for t, n, name in rows[:top]]
+    return lines
+
+
+def trace_port(arrays, steps):
+    """Trace ``steps`` float32 training steps of the port (after three untraced ones)."""
+    import jax
+    import pytensor
+
+    from deeplearning_tutorials.testing import lenet5_functions
+
+    with pytensor.config.change_flags(floatX="float32"):
+        _, train_model, _ = lenet5_functions(arrays, mode="JAX")
+        n_batches = arrays[0][0].shape[0] // BATCH
+        for i in range(3):
+            float(train_model(i))
+        with tempfile.TemporaryDirectory() as d:
+            with jax.profiler.trace(d, create_perfetto_trace=True):
+                cost = None
+                for i in range(steps):
+                    cost = train_model(i % n_batches)
+                float(cost)
+            return summarize_trace(d, steps)
+
+
 def profile_schedule(dataset, epochs, out_dir):
     """A short run of the default schedule under cProfile: where the loop's time goes."""
     prof = os.path.join(out_dir or tempfile.gettempdir(), "schedule.prof")
@@ -194,6 +265,8 @@ def main(argv=None):
                         help="full runs with the compile cache the first (cold) run left")
     parser.add_argument("--profile-epochs", type=int, default=0,
                         help="also profile a run of this many epochs (0: none)")
+    parser.add_argument("--trace-steps", type=int, default=0,
+                        help="also trace this many float32 steps of the port with JAX's profiler (0: none)")
     args = parser.parse_args(argv)
     out_dir = os.environ.get("OUT")
 
@@ -217,6 +290,8 @@ def main(argv=None):
     algorithms = {fx: conv_algorithm(dtype=fx) for fx in args.floatX}
     print(f"jax {jax.__version__}, devices {jax.devices()}, the port's convolutions {algorithms}", flush=True)
     arrays = _arrays(args.dataset)
+    if args.trace_steps:
+        print("\n".join(trace_port(arrays, args.trace_steps)), flush=True)
     rows = {}
     for floatX in args.floatX:
         rows[f"port {floatX}"] = port_step(arrays, floatX, args.steps)
