@@ -10,7 +10,8 @@ compiled (:func:`conv_algorithm`):
 * ``gemm``: the patches of the image laid out as a matrix (im2col) and one matrix
   product, as the C backends do; the input gradient adds the product's columns
   back into place (col2im). On a GPU this runs without cuDNN, whose calls cost
-  the host more time than LeNet5's small convolutions take on the device.
+  the host more time than LeNet5's small convolutions take on the device; it is
+  the default there, and for float64 on a CPU (``xla`` for float32 on a CPU).
 
 The gradients are written out explicitly rather than left to JAX autodiff, so each
 PyTensor gradient Op has its own JAX function; the max-pool gradient compares
