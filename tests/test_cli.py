@@ -102,22 +102,18 @@ def test_nonsense_is_refused_before_compiling(argv, capsys, no_compile):
     assert "Traceback" not in err
 
 
-def test_nonsense_jax_precision_is_refused_before_compiling(monkeypatch, capsys, no_compile):
+@pytest.mark.parametrize("variable, value, message", [
+    ("DEEPLEARNING_TUTORIALS_JAX_PRECISION", "tf32", "choose one of highest, high, default"),
+    ("DEEPLEARNING_TUTORIALS_JAX_CONV", "cudnn", "choose one of auto, gemm, xla"),
+])
+def test_nonsense_jax_setting_is_refused_before_compiling(monkeypatch, capsys, no_compile, variable, value,
+                                                          message):
     pytest.importorskip("jax")
-    monkeypatch.setenv("DEEPLEARNING_TUTORIALS_JAX_PRECISION", "tf32")
+    monkeypatch.setenv(variable, value)
     assert cli.main(convolutional_mlp.evaluate_lenet5, ["--mode", "JAX"]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1, err
-    assert "DEEPLEARNING_TUTORIALS_JAX_PRECISION='tf32': choose one of highest, high, default" in err
-
-
-def test_nonsense_jax_conv_algorithm_is_refused_before_compiling(monkeypatch, capsys, no_compile):
-    pytest.importorskip("jax")
-    monkeypatch.setenv("DEEPLEARNING_TUTORIALS_JAX_CONV", "cudnn")
-    assert cli.main(convolutional_mlp.evaluate_lenet5, ["--mode", "JAX"]) == 2
-    err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1, err
-    assert "DEEPLEARNING_TUTORIALS_JAX_CONV='cudnn': choose one of auto, gemm, xla" in err
+    assert f"{variable}={value!r}: {message}" in err
 
 
 def test_nonsense_raises_value_error_in_python(no_compile):
