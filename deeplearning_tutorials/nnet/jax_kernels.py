@@ -69,8 +69,8 @@ def conv_algorithm(platform=None, dtype="float32"):
 
     From ``$DEEPLEARNING_TUTORIALS_JAX_CONV``: ``gemm`` (im2col and one matrix
     product), ``xla`` (``lax.conv_general_dilated``), or ``auto`` (the default),
-    which picks the faster one measured for LeNet5: ``gemm`` on a GPU (0.63
-    against 0.73 ms a float32 step on an H100, 0.77 against 4.8 ms in float64),
+    which picks the faster one measured for LeNet5: ``gemm`` on a GPU (0.54
+    against 0.75 ms a float32 step on an H100, 0.76 against 4.8 ms in float64),
     and on a CPU ``gemm`` for float64 (260 against 490 ms on two cores) but
     ``xla`` for float32 (106 against 123 ms). ``platform``
     (``jax.default_backend()`` when omitted) and ``dtype`` are what ``auto``
@@ -135,9 +135,10 @@ def jax_conv2d_grad_filters(x, gz, precision=lax.Precision.HIGHEST):
 def _columns(x, kh, kw):
     """im2col: ``x`` (B, C, H, W) -> (C*kh*kw, B*oh*ow).
 
-    Row ``(c, u, v)`` holds the image ``c`` shifted by ``(u, v)``: each row is
-    ``kh*kw`` contiguous copies, which a GPU writes at full speed (a patch per
-    row, the layout of the C backends, interleaves them).
+    Row ``(c, u, v)`` holds channel ``c`` of every image, shifted by ``(u, v)``:
+    the matrix is ``kh*kw`` contiguous copies of the channels, which a GPU writes
+    at full speed (a patch per row, the layout of the C backends, interleaves
+    them).
     """
     B, C, H, W = x.shape
     oh, ow = H - kh + 1, W - kw + 1
@@ -249,7 +250,8 @@ def jax_max_pool_grad(x, maxout, gz, ws, ignore_border):
 def register_jax_dispatch():
     """Register the JAX implementations with PyTensor's JAX backend."""
 
-    def with_precision(which, node):
+    def kernel_for(which, node):
+        """The chosen algorithm's kernel ``which`` (0 forward, 1 input grad, 2 filter grad)."""
         dtype = node.outputs[0].dtype if node is not None else "float32"
         kernel = _KERNELS[conv_algorithm(dtype=dtype)][which]
         precision = conv_precision()
@@ -261,15 +263,15 @@ def register_jax_dispatch():
 
     @jax_funcify.register(Conv2d)
     def _jax_funcify_conv2d(op, node=None, **kwargs):
-        return with_precision(0, node)
+        return kernel_for(0, node)
 
     @jax_funcify.register(Conv2dGradInputs)
     def _jax_funcify_conv2d_gi(op, node=None, **kwargs):
-        return with_precision(1, node)
+        return kernel_for(1, node)
 
     @jax_funcify.register(Conv2dGradFilters)
     def _jax_funcify_conv2d_gw(op, node=None, **kwargs):
-        return with_precision(2, node)
+        return kernel_for(2, node)
 
     @jax_funcify.register(Dot)
     def _jax_funcify_dot(op, **kwargs):
