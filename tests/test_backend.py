@@ -1,5 +1,6 @@
 """The backend glue: resolve_mode, softmax on the C backend, the BLAS fallback."""
 
+import glob
 import json
 import os
 import platform
@@ -244,6 +245,43 @@ def test_mode_c_compiles_without_debugging_information():
     assert f(np.zeros(3)) == 3.0
     args = f.maker.linker.compile_args()
     assert args[-1] == "-g0" and "-O3" in args
+
+
+_DEBUG_INFO_SCRIPT = """
+import numpy as np, pytensor, pytensor.tensor as pt
+from deeplearning_tutorials import backend
+x = pt.dvector("x")
+f = pytensor.function([x], pt.exp(x * 3.0 + 1.0).sum(), mode="CVM")
+assert f(np.zeros(3)) == 3 * np.exp(1.0)
+print(repr(pytensor.config.gcc__cxxflags))
+"""
+
+
+def _modules_with_debug_info(compiledir):
+    """For each C module compiled there (not PyTensor's own at import), whether it has DWARF sections."""
+    found = {}
+    for so in glob.glob(os.path.join(str(compiledir), "**", "*.so"), recursive=True):
+        if "cutils_ext" in so or "lazylinker_ext" in so:
+            continue
+        sections = subprocess.run(["readelf", "-S", so], capture_output=True, text=True, check=True).stdout
+        found[so] = ".debug_info" in sections
+    return found
+
+
+@needs_cxx
+@pytest.mark.parametrize("user_flags, expected, debug_info", [(None, "'-g0'", False), ("-g", "'-g'", True)])
+def test_c_modules_compile_without_debugging_information(tmp_path, user_flags, expected, debug_info):
+    """CVM's per-node modules drop PyTensor's -g (a seventh of a cold compile),
+    unless the user set compiler flags, which are kept as they are."""
+    flags = f"base_compiledir={tmp_path}" + (f",gcc__cxxflags={user_flags}" if user_flags else "")
+    env = dict(os.environ, PYTENSOR_FLAGS=flags)
+    out = subprocess.run([sys.executable, "-c", _DEBUG_INFO_SCRIPT], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [expected]
+    modules = _modules_with_debug_info(tmp_path)
+    assert modules, "no C module was compiled"
+    assert set(modules.values()) == {debug_info}, modules
 
 
 _FIRST_COMPILE_SCRIPT = """
