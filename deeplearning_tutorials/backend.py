@@ -54,6 +54,7 @@ from pytensor.tensor.special import LogSoftmax, Softmax
 from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
 
 from deeplearning_tutorials.nnet.threads_c import UsesThreadPool
+from deeplearning_tutorials.parallel_c import install_parallel_cvm
 
 try:  # PyTensor 3.0; later versions merged them into the Ops above, with C code.
     from pytensor.tensor.subtensor import AdvancedIncSubtensor1, AdvancedSubtensor1
@@ -1218,6 +1219,7 @@ def _install_whole_graph_c_mode() -> None:
 
 
 _install_whole_graph_c_mode()
+install_parallel_cvm()
 
 
 def compile_without_debugging_information() -> None:
