@@ -42,6 +42,14 @@ def check_mode(mode):
             conv_algorithm(platform="cpu")
         except ValueError as err:
             raise training.ArgumentError(str(err)) from None
+    if name == "CVM":
+        from deeplearning_tutorials import training
+        from deeplearning_tutorials.parallel_c import compile_jobs
+
+        try:
+            compile_jobs()  # $DLT_COMPILE_JOBS, before any compile
+        except ValueError as err:
+            raise training.ArgumentError(str(err)) from None
     return name
 
 

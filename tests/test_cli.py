@@ -116,6 +116,14 @@ def test_nonsense_jax_setting_is_refused_before_compiling(monkeypatch, capsys, n
     assert f"{variable}={value!r}: {message}" in err
 
 
+def test_nonsense_compile_jobs_are_refused_before_compiling(monkeypatch, capsys, no_compile):
+    monkeypatch.setenv("DLT_COMPILE_JOBS", "many")
+    assert cli.main(convolutional_mlp.evaluate_lenet5, ["--mode", "CVM"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert "DLT_COMPILE_JOBS='many' is not a whole number >= 0" in err
+
+
 def test_nonsense_raises_value_error_in_python(no_compile):
     with pytest.raises(ValueError, match="nkerns"):
         convolutional_mlp.evaluate_lenet5(nkerns=[20])
