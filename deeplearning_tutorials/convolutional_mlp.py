@@ -159,7 +159,7 @@ def lenet5_layers(rng, x, batch_size, nkerns):
     return [layer0, layer1, layer2, layer3]
 
 
-@with_flags(c_kernels=True)
+@with_flags
 def evaluate_lenet5(
     learning_rate=0.1,
     n_epochs=200,

@@ -62,25 +62,7 @@ def check_floatX(floatX):
     return floatX
 
 
-def _start_numba_kernels_build():
-    """Under mode NUMBA, start building the C kernels' library while the lesson loads its data."""
-    from pytensor.compile.mode import get_mode
-    from pytensor.link.numba.linker import NumbaLinker
-
-    try:
-        numba_mode = isinstance(get_mode(pytensor.config.mode).linker, NumbaLinker)
-    except Exception:  # an unknown mode: the lesson's own compile says so
-        return
-    if numba_mode and pytensor.config.cxx:
-        from deeplearning_tutorials.backend import _numba_available
-
-        if _numba_available():
-            from deeplearning_tutorials.nnet import numba_c
-
-            numba_c.load_in_background()
-
-
-def with_flags(function=None, *, c_kernels=False):
+def with_flags(function):
     """Give a tutorial function keyword-only ``mode`` and ``floatX`` arguments.
 
     The wrapped function runs with ``pytensor.config.mode`` and
@@ -88,14 +70,7 @@ def with_flags(function=None, *, c_kernels=False):
     ``pytensor.function`` it compiles uses that backend, and inside
     :func:`~deeplearning_tutorials.backend.heap_for_large_arrays`, so that the
     minibatches reuse freed memory instead of faulting in fresh pages.
-
-    With ``c_kernels=True`` (``@with_flags(c_kernels=True)``, for a lesson
-    with convolutions), under mode NUMBA the library of the C kernels that
-    NUMBA calls starts building in the background, while the lesson loads its
-    data, if it is not in the compile cache yet.
     """
-    if function is None:
-        return functools.partial(with_flags, c_kernels=c_kernels)
 
     @functools.wraps(function)
     def wrapper(*args, mode=None, floatX=None, **kwargs):
@@ -107,8 +82,6 @@ def with_flags(function=None, *, c_kernels=False):
         if check_floatX(floatX) is not None:
             flags["floatX"] = floatX
         with pytensor.config.change_flags(**flags), heap_for_large_arrays():
-            if c_kernels:
-                _start_numba_kernels_build()
             return function(*args, **kwargs)
 
     signature = inspect.signature(function)

@@ -217,22 +217,6 @@ def load():
         return _state["loaded"]
 
 
-def load_in_background():
-    """Start :func:`load` in a thread, when it has not run yet; returns at once.
-
-    Building the library is a compiler run of about 2.5 s, which a lesson would
-    otherwise wait for when its first Numba graph is rewritten. Started when a
-    lesson begins in mode NUMBA, it runs while the data loads and the graph is
-    built; :func:`load` then waits for it, under the same lock.
-    """
-    with _lock:
-        if _state["loaded"] is not None or _state.get("thread") is not None:
-            return
-        _state["thread"] = threading.Thread(target=load, name="dlt-numba-c-build",
-                                            daemon=True)
-        _state["thread"].start()
-
-
 def _load():
     choice = os.environ.get("DLT_NUMBA_KERNELS", "c").strip().lower() or "c"
     if choice not in KERNEL_CHOICES:

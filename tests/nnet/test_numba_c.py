@@ -157,30 +157,3 @@ def test_library_symbols_carry_the_abi_version():
     for kind in ("conv_fwd", "conv_gi", "conv_gw", "pool"):
         for sfx in ("f32", "f64"):
             assert f"int dlt_nbc{numba_c.ABI_VERSION}_{kind}_{sfx}(" in numba_c.source()
-
-
-BACKGROUND = textwrap.dedent(
-    """
-    import json
-    from deeplearning_tutorials import flags
-    from deeplearning_tutorials.nnet import numba_c
-    seen = {}
-    thread = lambda: numba_c._state.get("thread")
-    seen["cvm"] = flags.with_flags(c_kernels=True)(thread)(mode="CVM") is None
-    seen["no_kernels"] = flags.with_flags(thread)(mode="NUMBA") is None
-    def lesson():
-        seen["thread"] = thread().name
-        seen["loaded_at_start"] = numba_c._state["loaded"]
-        return numba_c.load()
-    seen["loaded"] = flags.with_flags(c_kernels=True)(lesson)(mode="NUMBA")
-    print(json.dumps(seen))
-    """
-)
-
-
-def test_a_numba_lesson_with_convolutions_builds_the_library_in_the_background(tmp_path):
-    # A fresh compile directory: the build takes seconds, the lesson starts at once.
-    info = run_python(BACKGROUND, tmp_path,
-                      env={"PYTENSOR_FLAGS": f"base_compiledir={tmp_path / 'compiledir'}"})
-    assert info == {"cvm": True, "no_kernels": True, "thread": "dlt-numba-c-build",
-                    "loaded_at_start": None, "loaded": True}
