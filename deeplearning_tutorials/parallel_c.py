@@ -40,6 +40,7 @@ import collections
 import concurrent.futures
 import contextlib
 import itertools
+import logging
 import os
 import shutil
 import subprocess
@@ -48,6 +49,8 @@ import threading
 
 from pytensor.configdefaults import config
 from pytensor.link.vm import VMLinker
+
+_logger = logging.getLogger(__name__)
 
 #: Environment variable: how many compiler runs at once (0: PyTensor's own serial compile).
 JOBS_ENV = "DLT_COMPILE_JOBS"
@@ -168,15 +171,6 @@ def _make_header(compiler, prefix, flags, folder):
     return status == 0
 
 
-def _run_module(command, header_done, header_folder):
-    """Run one module's compile, through its precompiled header where there is one."""
-    if header_done is not None and header_done.result():
-        result = _run([command[0], f"-I{header_folder}", *command[1:]])
-        if result[2] == 0:
-            return result
-    return _run(command)
-
-
 # --------------------------------------------------------------------------
 # Taking the runs' results where PyTensor would run the compiler
 # --------------------------------------------------------------------------
@@ -189,6 +183,17 @@ class _Job:
         self.location = location
         self.future = None
         self.header = None  # the precompiled header's folder, when one is used
+        self.ran = None  # the command run, the header's folder put first if it was used
+
+    def run(self, header_done):
+        """Compile, through the precompiled header when ``header_done`` says it was made."""
+        if header_done is not None and header_done.result():
+            self.ran = [self.command[0], f"-I{self.header}", *self.command[1:]]
+            result = _run(self.ran)
+            if result[2] == 0:
+                return result
+        self.ran = self.command
+        return _run(self.command)
 
     def result_for(self, command, location):
         """``(stdout, stderr, status)`` for ``command`` run in ``location``, or None.
@@ -197,7 +202,10 @@ class _Job:
         writes it.  None (run the compiler as usual) when the run failed or
         ``location``'s source file differs from the one compiled.
         """
-        out, err, status = self.future.result()
+        try:
+            out, err, status = self.future.result()
+        except Exception:  # the run could not start: PyTensor's own run reports why
+            return None
         built = _output_path(self.command)
         if status != 0 or not os.path.exists(built):
             return None
@@ -326,7 +334,12 @@ def prebuilt_c_modules(nodes, jobs):
     cancelled, the others waited for, and every file made is removed.
     """
     _install()
-    workdir = tempfile.mkdtemp(prefix="dlt_cmodules_")
+    try:
+        workdir = tempfile.mkdtemp(prefix="dlt_cmodules_")
+    except OSError as err:  # no room in the temporary directory: PyTensor compiles alone
+        _logger.info("C modules compiled one by one: %s", err)
+        yield []
+        return
     started = []
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs,
                                                  thread_name_prefix="dlt-compile")
@@ -358,8 +371,7 @@ def prebuilt_c_modules(nodes, jobs):
 
         with _pending_lock:
             for key, job in started:
-                job.future = pool.submit(_run_module, job.command,
-                                         made.get(job.header), job.header)
+                job.future = pool.submit(job.run, made.get(job.header))
                 _pending.setdefault(key, job)
         stats["started"] += len(started)
         yield [job for _, job in started]

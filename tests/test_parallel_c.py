@@ -232,6 +232,7 @@ def test_a_modules_compile_uses_its_precompiled_header(monkeypatch):
         job = jobs[0]
         out, err, status = job.future.result()
         assert status == 0
+        assert job.ran == [job.command[0], f"-I{job.header}", *job.command[1:]]
         assert os.path.exists(parallel_c._output_path(job.command))
         gch = os.path.join(job.header, "Python.h.gch")
         assert os.path.getsize(gch) > 1_000_000
@@ -263,3 +264,40 @@ def test_a_changed_source_is_compiled_again(tmp_path):
     (later / "mod.cpp").write_text("int f() { return 1; }\n")
     assert job.result_for(command, str(later)) == (b"", b"", 0)
     assert (later / "m1.so").read_bytes() == b"library"
+
+
+def _tagged_graph_function():
+    x = pt.dvector("x")
+    tag = f"t{os.getpid()}_{np.random.default_rng().integers(1 << 30)}"
+    f = pytensor.function([x], _TaggedCopy(tag + "a")(_TaggedCopy(tag + "b")(x)) * 3.0,
+                          mode="CVM")
+    np.testing.assert_array_equal(f(np.arange(3.0)), [0.0, 3.0, 6.0])
+
+
+def test_no_room_for_the_parallel_step_leaves_the_compiling_to_pytensor(monkeypatch):
+    import tempfile
+
+    real = tempfile.mkdtemp
+
+    def mkdtemp(*args, prefix=None, **kwargs):
+        if prefix == "dlt_cmodules_":
+            raise OSError(28, "No space left on device")
+        return real(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setenv(parallel_c.JOBS_ENV, "2")
+    before = dict(parallel_c.stats)
+    _tagged_graph_function()
+    assert parallel_c.stats == before
+
+
+def test_a_run_that_cannot_start_leaves_the_compiling_to_pytensor(monkeypatch):
+    def no_compiler(command):
+        raise FileNotFoundError(2, "No such file or directory", command[0])
+
+    monkeypatch.setattr(parallel_c, "_run", no_compiler)
+    monkeypatch.setenv(parallel_c.JOBS_ENV, "2")
+    before = dict(parallel_c.stats)
+    _tagged_graph_function()
+    assert parallel_c.stats["started"] - before["started"] >= 2
+    assert parallel_c.stats["taken"] == before["taken"]
