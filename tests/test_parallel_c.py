@@ -135,8 +135,8 @@ def test_compile_jobs_refuses_nonsense(monkeypatch, text):
         parallel_c.compile_jobs()
 
 
-class _BrokenC(COp):
-    """An Op whose C code does not compile."""
+class _TaggedCopy(COp):
+    """A copy whose C code carries a tag: a module no earlier test has compiled."""
 
     __props__ = ("tag",)
 
@@ -148,13 +148,25 @@ class _BrokenC(COp):
         return Apply(self, [x], [x.type()])
 
     def perform(self, node, inputs, outputs):
-        outputs[0][0] = inputs[0]
+        outputs[0][0] = inputs[0].copy()
 
     def c_code(self, node, name, inputs, outputs, sub):
-        return f"this is not C++ {self.tag};"
+        (x,), (z,), fail = inputs, outputs, sub["fail"]
+        return f"""/* {self.tag} */
+        Py_XDECREF({z});
+        {z} = (PyArrayObject*)PyArray_NewCopy({x}, NPY_ANYORDER);
+        if (!{z}) {fail}
+        """
 
     def c_code_cache_version(self):
         return (1,)
+
+
+class _BrokenC(_TaggedCopy):
+    """An Op whose C code does not compile."""
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        return f"this is not C++ {self.tag};"
 
 
 @pytest.mark.parametrize("jobs", ["0", "2"])
@@ -190,33 +202,6 @@ def test_header_flags_keep_what_compiles_and_drop_what_links():
                "/d/mod.cpp", "-lpython3.11"]
     assert parallel_c.header_flags(command) == (
         "-g", "-O3", "-march=znver3", "-DA=1", "-I/inc", "-fvisibility=hidden")
-
-
-class _TaggedCopy(COp):
-    """A copy whose C code carries a tag: a module no earlier test has compiled."""
-
-    __props__ = ("tag",)
-
-    def __init__(self, tag):
-        self.tag = tag
-
-    def make_node(self, x):
-        x = pt.as_tensor_variable(x)
-        return Apply(self, [x], [x.type()])
-
-    def perform(self, node, inputs, outputs):
-        outputs[0][0] = inputs[0].copy()
-
-    def c_code(self, node, name, inputs, outputs, sub):
-        (x,), (z,), fail = inputs, outputs, sub["fail"]
-        return f"""/* {self.tag} */
-        Py_XDECREF({z});
-        {z} = (PyArrayObject*)PyArray_NewCopy({x}, NPY_ANYORDER);
-        if (!{z}) {fail}
-        """
-
-    def c_code_cache_version(self):
-        return (1,)
 
 
 def test_a_modules_compile_uses_its_precompiled_header(monkeypatch):
