@@ -15,6 +15,9 @@ does these things to PyTensor, none of which changes a graph's results:
   ``"C"`` a linker that compiles without debugging information
   (:class:`WholeGraphCLinker`); the other C modules go without it too, unless
   the user set compiler flags (:func:`compile_without_debugging_information`);
+* it gives the mode named ``"CVM"`` a linker that compiles the per-node C
+  modules in parallel, the same modules as PyTensor's serial compile
+  (:mod:`deeplearning_tutorials.parallel_c`);
 * it provides :func:`resolve_mode`, whose ``"JAX"`` mode keeps never-updated
   shared datasets on the JAX device between calls (:class:`DeviceJAXLinker`),
   and :func:`to_device` / :func:`to_host` for doing that by hand.
@@ -243,8 +246,8 @@ def resolve_mode(mode=None):
 
     Examples
     --------
-    >>> resolve_mode("cvm").linker
-    <pytensor.link.vm.VMLinker object at ...>
+    >>> type(resolve_mode("cvm").linker).__name__
+    'ParallelCompileVMLinker'
     """
     if isinstance(mode, Mode):
         return mode
