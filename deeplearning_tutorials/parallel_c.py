@@ -27,6 +27,10 @@ compiler uses a precompiled header only where it is valid for the run (the same
 compiler and options) and the modules begin with exactly those lines, so the
 libraries are the ones compiled without it (byte for byte, for LeNet5's).
 
+Of several processes sharing a compile directory (a sweep's workers), one
+at a time compiles ahead (a lock file in the directory); the others leave the
+compiling to PyTensor, which finds the modules the first puts in the cache.
+
 Nothing else changes what is compiled: a result is only taken for a command
 equal, argument for argument, to one that was run (the module's directory
 apart), with a byte-identical source file.  Anything else (a module PyTensor's
@@ -334,12 +338,55 @@ def prebuilt_c_modules(nodes, jobs):
     cancelled, the others waited for, and every file made is removed.
     """
     _install()
+    with _first_to_compile() as first:
+        if not first:  # another process compiles ahead into this cache: PyTensor takes its modules
+            yield []
+            return
+        try:
+            workdir = tempfile.mkdtemp(prefix="dlt_cmodules_")
+        except OSError as err:  # no room in the temporary directory: PyTensor compiles alone
+            _logger.info("C modules compiled one by one: %s", err)
+            yield []
+            return
+        with _started_jobs(nodes, jobs, workdir) as started:
+            yield started
+
+
+@contextlib.contextmanager
+def _first_to_compile():
+    """True while this is the only function compiling ahead into this compile directory.
+
+    Several processes sharing a compile directory (a sweep's workers) would
+    each compile every missing module on every core, the same modules, at the
+    same time.  Only the first of them does; the others leave the compiling to
+    PyTensor, which takes each module from the cache once the first has put
+    it there (under PyTensor's own lock), or compiles it.
+    """
     try:
-        workdir = tempfile.mkdtemp(prefix="dlt_cmodules_")
-    except OSError as err:  # no room in the temporary directory: PyTensor compiles alone
-        _logger.info("C modules compiled one by one: %s", err)
-        yield []
+        import fcntl
+    except ImportError:  # not on a POSIX system: no lock, every process compiles ahead
+        yield True
         return
+    try:
+        fh = open(os.path.join(config.compiledir, "dlt_compile_ahead.lock"), "a")
+    except OSError:
+        yield True
+        return
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _started_jobs(nodes, jobs, workdir):
+    """The jobs of :func:`prebuilt_c_modules`, started on ``jobs`` workers in ``workdir``."""
     started = []
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs,
                                                  thread_name_prefix="dlt-compile")

@@ -286,3 +286,35 @@ def test_a_run_that_cannot_start_leaves_the_compiling_to_pytensor(monkeypatch):
     _tagged_graph_function()
     assert parallel_c.stats["started"] - before["started"] >= 2
     assert parallel_c.stats["taken"] == before["taken"]
+
+
+def test_one_process_at_a_time_compiles_ahead_into_a_compile_directory(monkeypatch):
+    """While another process compiles ahead into the cache, PyTensor compiles (or takes its modules)."""
+    import fcntl
+
+    monkeypatch.setenv(parallel_c.JOBS_ENV, "2")
+    with open(os.path.join(pytensor.config.compiledir, "dlt_compile_ahead.lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as that other process does
+        before = dict(parallel_c.stats)
+        _tagged_graph_function()
+        assert parallel_c.stats == before
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    _tagged_graph_function()
+    assert parallel_c.stats["started"] - before["started"] >= 2
+
+
+def test_two_processes_compiling_into_one_directory_at_once(tmp_path):
+    """A sweep's workers: both get the serial compile's results, whichever compiled ahead."""
+    env = dict(os.environ, PYTENSOR_FLAGS=f"base_compiledir={tmp_path / 'c'}",
+               DLT_COMPILE_JOBS="2")
+    runs = [subprocess.Popen([sys.executable, "-c", _SCRIPT], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = []
+    for run in runs:
+        out, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    serial = _compile(tmp_path / "s", 0)
+    for result in results:
+        assert (result["y"], result["g"]) == (serial["y"], serial["g"])
+    assert _modules(tmp_path / "c") == _modules(tmp_path / "s")
