@@ -15,6 +15,8 @@ from pytensor.compile.builders import OpFromGraph
 from pytensor.compile.mode import Mode
 from pytensor.link.numba.linker import NumbaLinker
 
+from _elf import elf_sections  # tests/, on sys.path under pytest
+
 from deeplearning_tutorials import backend
 
 
@@ -257,27 +259,14 @@ print(repr(pytensor.config.gcc__cxxflags))
 """
 
 
-def _elf_section_names(path):
-    """The section names of a 64-bit little-endian ELF file (a compiled module)."""
-    import struct
-
-    with open(path, "rb") as f:
-        data = f.read()
-    assert data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1, path
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-    headers = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
-    strtab = headers[shstrndx][4]  # sh_offset of the section-name table
-    return {data[strtab + h[0]:data.index(b"\0", strtab + h[0])].decode() for h in headers}
-
-
 def _modules_with_debug_info(compiledir):
     """For each C module compiled there (not PyTensor's own at import), whether it has DWARF sections."""
     found = {}
     for so in glob.glob(os.path.join(str(compiledir), "**", "*.so"), recursive=True):
         if "cutils_ext" in so or "lazylinker_ext" in so:
             continue
-        found[so] = ".debug_info" in _elf_section_names(so)
+        with open(so, "rb") as f:
+            found[so] = ".debug_info" in elf_sections(f.read())
     return found
 
 

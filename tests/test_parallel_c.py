@@ -7,7 +7,6 @@ the parallel path can be compared file by file.
 import glob
 import json
 import os
-import struct
 import subprocess
 import sys
 
@@ -19,6 +18,8 @@ from pytensor.compile.mode import get_mode
 from pytensor.graph.basic import Apply
 from pytensor.link.c.exceptions import CompileError
 from pytensor.link.c.op import COp
+
+from _elf import elf_sections  # tests/, on sys.path under pytest
 
 from deeplearning_tutorials import backend, parallel_c  # the lessons import backend
 from deeplearning_tutorials.parallel_c import ParallelCompileVMLinker
@@ -52,19 +53,6 @@ def _compile(compiledir, jobs):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _build_id(data):
-    """(offset, size) of an ELF64 library's ``.note.gnu.build-id`` section."""
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
-    names_at = sections[shstrndx][4]
-    for name, _type, _flags, _addr, offset, size in sections:
-        end = data.index(b"\0", names_at + name)
-        if data[names_at + name:end] == b".note.gnu.build-id":
-            return offset, size
-    return 0, 0
-
-
 def _modules(compiledir):
     """{library file name: its bytes} for the per-node modules (not PyTensor's own helpers).
 
@@ -80,7 +68,7 @@ def _modules(compiledir):
         folder = os.path.dirname(path).encode()
         assert folder + b"/mod.cpp" in data  # the path the source is kept at
         data = data.replace(folder, b"#" * len(folder))
-        offset, size = _build_id(data)
+        offset, size = elf_sections(data)[".note.gnu.build-id"]
         assert size > 0
         found[os.path.basename(path)] = data[:offset] + bytes(size) + data[offset + size:]
     return found
