@@ -327,6 +327,21 @@ def test_numba_is_imported_when_the_numba_backend_first_compiles(tmp_path):
     assert float(g) == pytest.approx(8 * 4 * 9 * (1 - np.tanh(0.9) ** 2), rel=1e-12)
 
 
+def test_a_lesson_imports_after_pytensors_numba_backend(tmp_path):
+    """A user who imported PyTensor's Numba backend first can still import a lesson
+    (the package used to register its Numba functions while ``backend`` was half
+    imported, and the import failed), and the kernels are there at the first compile."""
+    script = "import pytensor.link.numba.dispatch\n" + _LAZY_NUMBA_SCRIPT
+    env = dict(os.environ, PYTENSOR_FLAGS=f"base_compiledir={tmp_path}")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after, c, g = out.stdout.split()
+    assert after == "True"
+    assert float(c) == pytest.approx(8 * np.tanh(0.9), rel=1e-12)
+    assert float(g) == pytest.approx(8 * 4 * 9 * (1 - np.tanh(0.9) ** 2), rel=1e-12)
+
+
 @needs_cxx
 @pytest.mark.parametrize("mode", ["C", "CVM"])
 def test_a_lessons_first_compile_already_has_the_backend_glue(mode, tmp_path):

@@ -59,9 +59,10 @@ def _register_numba_on_first_use():
         from pytensor.link.numba.linker import NumbaLinker
     except ImportError:  # a PyTensor without a Numba backend
         return
-    if "pytensor.link.numba.dispatch" in sys.modules:  # already paid for: register now
-        register_numba()
-        return
+    # Even when PyTensor's Numba backend is already imported, registering waits
+    # for the first conversion: this runs while ``backend`` is still being
+    # imported (it imports this package), so registering now would find its
+    # Numba functions not yet defined.
     convert = NumbaLinker.fgraph_convert
     if getattr(convert, "registers_deeplearning_tutorials", False):
         return
