@@ -58,6 +58,7 @@ from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
 
 from deeplearning_tutorials.nnet.threads_c import UsesThreadPool
 from deeplearning_tutorials.parallel_c import install_parallel_cvm
+from deeplearning_tutorials import numba_ops  # noqa: F401  (registers its Numba-only rewrite)
 
 try:  # PyTensor 3.0; later versions merged them into the Ops above, with C code.
     from pytensor.tensor.subtensor import AdvancedIncSubtensor1, AdvancedSubtensor1

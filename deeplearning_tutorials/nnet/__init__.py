@@ -46,11 +46,12 @@ def register_numba():
     """
     if _numba["registered"]:
         return
-    from deeplearning_tutorials import backend
+    from deeplearning_tutorials import backend, numba_ops
     from deeplearning_tutorials.nnet import numba_kernels
 
     numba_kernels.register_numba_dispatch()
     backend.register_numba_funcify()
+    numba_ops.register_numba_funcify()
     _numba["registered"] = True
 
 

@@ -1,0 +1,573 @@
+"""Stand-ins that Numba compiles quickly, for six PyTensor Ops in Numba graphs.
+
+Port note: PyTensor's Numba backend compiles one Numba function per node of a
+graph, one after the other, and a cold first call of LeNet5's training
+function spent most of its time there (25.6 s on the machines of the
+benchmark, 60 s on a slower one). A handful of nodes cost far more than the
+rest, not because they compute much but because of how PyTensor writes them:
+
+* ``Softmax`` and ``LogSoftmax`` are ``OpFromGraph`` s; Numba compiles each
+  inner graph (maximum, subtraction, exponential, sum, ...) node by node, and
+  the first of them brings in Numba's generic reduction machinery (13 s of 60);
+* ``Alloc`` fills its output with a broadcasting ``res[...] = val`` (5 s);
+* ``SpecifyShape`` formats its error message with f-strings, which compiles
+  Numba's Unicode library (4 s);
+* the negative log-likelihood's ``x[arange(n), y]`` (``AdvancedSubtensor``)
+  and its gradient (``AdvancedIncSubtensor``) go through Numba's general
+  fancy indexing (3 s);
+* ``Sum`` with a float64 accumulator goes through the generic reduction (5 s).
+
+The rewrites here (tagged ``"numba"``, so the C and JAX backends never see
+them) replace those nodes, when they have the shapes the tutorials give them,
+by Ops of this module that compute the same thing with a few plain loops:
+
+=========================================  ========================================
+PyTensor                                   here
+=========================================  ========================================
+``Softmax`` / ``LogSoftmax`` of a matrix   :class:`RowSoftmax`
+along its rows (``axis=1``)
+``x[rows, cols]`` of a matrix              :class:`PairTake`
+``inc_subtensor`` / ``set_subtensor`` of   :class:`PairInc`
+``x[rows, cols]``
+``alloc`` of a single value                :class:`Fill`
+``specify_shape`` with constant sizes      :class:`CheckShape`
+``sum`` of a vector or of a matrix (along  :class:`SumAcc64`
+one axis or both) with a float64
+accumulator
+=========================================  ========================================
+
+They keep PyTensor's arithmetic: the same float64 accumulator for the sums, the
+maximum subtracted before the exponential, a float32 ``log`` of the float32
+sum; Numba's ``fastmath`` is off for them, so the sums add in index order. They
+keep NumPy's rules and errors too: negative indices count from the end, an
+index out of range is an ``IndexError``, index vectors of different lengths
+broadcast only from length 1, and a wrong shape for ``specify_shape`` is an
+``AssertionError`` that says the expected shape.
+
+Measured with Numba's compile events (LeNet5 float32, cold cache, the 2-core
+machine of the ninth session): the training function's first call went from
+60.1 s to 34.7 s; the docs' results page has the benchmark.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytensor.tensor as pt
+from pytensor.compile import optdb
+from pytensor.graph.basic import Apply, Constant
+from pytensor.graph.op import Op
+from pytensor.graph.rewriting.basic import copy_stack_trace, in2out, node_rewriter
+from pytensor.tensor.basic import Alloc
+from pytensor.tensor.math import Sum
+from pytensor.tensor.shape import SpecifyShape
+from pytensor.tensor.special import LogSoftmax, Softmax
+from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
+
+# The package's hook that registers the Numba functions (this module's among
+# them) when PyTensor's Numba backend first converts a graph.
+import deeplearning_tutorials.nnet  # noqa: E402, F401
+
+__all__ = ["CheckShape", "Fill", "PairInc", "PairTake", "RowSoftmax", "SumAcc64",
+           "local_quick_numba_ops", "register_numba_funcify"]
+
+FLOATS = ("float32", "float64")
+INTS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+
+
+def _infer_shape_args(args):
+    # (fgraph, node, shapes) before PyTensor 3.3, (node, shapes) after.
+    return args[-2:]
+
+
+# --------------------------------------------------------------------------
+# Softmax along the rows of a matrix
+# --------------------------------------------------------------------------
+
+
+class RowSoftmax(Op):
+    """``softmax(x, axis=1)`` (or ``log_softmax`` with ``log=True``) of a float matrix.
+
+    As PyTensor's inner graph: ``xs = x - x.max(axis=1)``, then
+    ``exp(xs) / s`` or ``xs - log(s)`` with ``s`` the sum of ``exp(xs)``
+    accumulated in float64 and cast to the input's dtype.
+    """
+
+    __props__ = ("log",)
+
+    def __init__(self, log=False):
+        self.log = bool(log)
+
+    def make_node(self, x):
+        x = pt.as_tensor_variable(x)
+        if x.ndim != 2 or x.type.dtype not in FLOATS:
+            raise TypeError("RowSoftmax takes a float32 or float64 matrix")
+        return Apply(self, [x], [x.type()])
+
+    def perform(self, node, inputs, outputs):
+        (x,) = inputs
+        if x.shape[1] == 0 and x.shape[0]:
+            raise ValueError("softmax of a row with no element")
+        xs = x - x.max(axis=1, keepdims=True)
+        e = np.exp(xs)
+        s = e.sum(axis=1, keepdims=True, dtype="float64").astype(x.dtype)
+        outputs[0][0] = np.asarray(xs - np.log(s) if self.log else e / s, dtype=x.dtype)
+
+    def infer_shape(self, *args):
+        node, shapes = _infer_shape_args(args)
+        return [shapes[0]]
+
+
+# --------------------------------------------------------------------------
+# x[rows, cols] of a matrix, and its increment
+# --------------------------------------------------------------------------
+
+
+def _pair_length(a, b):
+    """The static length of ``rows`` and ``cols`` broadcast together (None if unknown)."""
+    if a == 1:
+        return b
+    if b == 1 or b is None:
+        return a
+    if a is None:
+        return b
+    if a != b:
+        raise TypeError(f"index vectors of lengths {a} and {b} cannot be broadcast together")
+    return a
+
+
+def _check_pair_inputs(x, rows, cols):
+    if x.ndim != 2:
+        raise TypeError("the array must be a matrix")
+    for i in (rows, cols):
+        if i.ndim != 1 or i.type.dtype not in INTS:
+            raise TypeError("the indices must be two integer vectors")
+
+
+def _pair_flat_indices(x, rows, cols):
+    """NumPy's rules for ``x[rows, cols]``: the flat indices, or the error NumPy raises."""
+    n = len(rows) if len(rows) == len(cols) or len(cols) == 1 else len(cols)
+    if len(rows) not in (1, n) or len(cols) not in (1, n):
+        raise IndexError("shape mismatch: indexing arrays could not be broadcast together")
+    r = np.broadcast_to(rows, (n,)).astype(np.int64)
+    c = np.broadcast_to(cols, (n,)).astype(np.int64)
+    nr, nc = x.shape
+    if np.any((r < -nr) | (r >= nr)) or np.any((c < -nc) | (c >= nc)):
+        raise IndexError("index out of bounds")
+    return np.where(r < 0, r + nr, r), np.where(c < 0, c + nc, c)
+
+
+class PairTake(Op):
+    """``x[rows, cols]`` of a matrix ``x`` and two integer vectors (advanced indexing)."""
+
+    __props__ = ()
+
+    def make_node(self, x, rows, cols):
+        x, rows, cols = map(pt.as_tensor_variable, (x, rows, cols))
+        _check_pair_inputs(x, rows, cols)
+        n = _pair_length(rows.type.shape[0], cols.type.shape[0])
+        return Apply(self, [x, rows, cols], [pt.tensor(dtype=x.type.dtype, shape=(n,))])
+
+    def perform(self, node, inputs, outputs):
+        x, rows, cols = inputs
+        r, c = _pair_flat_indices(x, rows, cols)
+        outputs[0][0] = np.asarray(x[r, c])
+
+    def infer_shape(self, *args):
+        node, shapes = _infer_shape_args(args)
+        (n_rows,), (n_cols,) = shapes[1:]
+        return [(pt.switch(pt.eq(n_rows, 1), n_cols, n_rows),)]
+
+
+class PairInc(Op):
+    """``x[rows, cols] += y`` (or ``= y``) on a copy of the matrix ``x``; repeated pairs add up."""
+
+    __props__ = ("set_instead_of_inc",)
+
+    def __init__(self, set_instead_of_inc=False):
+        self.set_instead_of_inc = bool(set_instead_of_inc)
+
+    def make_node(self, x, y, rows, cols):
+        x, y, rows, cols = map(pt.as_tensor_variable, (x, y, rows, cols))
+        _check_pair_inputs(x, rows, cols)
+        _pair_length(rows.type.shape[0], cols.type.shape[0])
+        if y.ndim > 1 or y.type.dtype != x.type.dtype:
+            raise TypeError("the values must be a scalar or a vector of the array's dtype")
+        return Apply(self, [x, y, rows, cols], [x.type()])
+
+    def perform(self, node, inputs, outputs):
+        x, y, rows, cols = inputs
+        r, c = _pair_flat_indices(x, rows, cols)
+        y = np.asarray(y)
+        if y.ndim == 1 and len(y) not in (1, len(r)):
+            raise ValueError("the values do not have the length of the indices")
+        out = x.copy()
+        if self.set_instead_of_inc:
+            out[r, c] = y
+        else:
+            np.add.at(out, (r, c), np.broadcast_to(y, r.shape))
+        outputs[0][0] = out
+
+    def infer_shape(self, *args):
+        node, shapes = _infer_shape_args(args)
+        return [shapes[0]]
+
+
+# --------------------------------------------------------------------------
+# alloc of a single value, specify_shape with constant sizes
+# --------------------------------------------------------------------------
+
+
+def _constant_int(var):
+    if isinstance(var, Constant) and np.ndim(var.data) == 0:
+        return int(var.data)
+    return None
+
+
+class Fill(Op):
+    """An array of shape ``shape`` (scalar inputs) filled with the single element of ``value``."""
+
+    __props__ = ("ndim",)
+
+    def __init__(self, ndim):
+        self.ndim = int(ndim)
+
+    def make_node(self, value, *shape):
+        value = pt.as_tensor_variable(value)
+        shape = [pt.as_tensor_variable(s) for s in shape]
+        if len(shape) != self.ndim or not all(value.type.broadcastable):
+            raise TypeError("Fill takes a value of one element and one size per dimension")
+        if value.ndim > self.ndim or any(s.ndim or s.type.dtype not in INTS for s in shape):
+            raise TypeError("Fill's sizes must be integer scalars")
+        static = tuple(_constant_int(s) for s in shape)
+        return Apply(self, [value, *shape], [pt.tensor(dtype=value.type.dtype, shape=static)])
+
+    def perform(self, node, inputs, outputs):
+        value, *shape = inputs
+        outputs[0][0] = np.full(tuple(int(s) for s in shape), np.asarray(value).item(),
+                                dtype=node.outputs[0].type.dtype)
+
+    def infer_shape(self, *args):
+        node, shapes = _infer_shape_args(args)
+        return [tuple(node.inputs[1:])]
+
+
+class CheckShape(Op):
+    """``x`` itself, once its shape is checked against ``shape`` (None: any size)."""
+
+    __props__ = ("shape",)
+    view_map = {0: [0]}
+
+    def __init__(self, shape):
+        self.shape = tuple(None if s is None else int(s) for s in shape)
+
+    def message(self):
+        return f"SpecifyShape: the input's shape is not {self.shape} (None: any size)"
+
+    def make_node(self, x):
+        x = pt.as_tensor_variable(x)
+        if x.ndim != len(self.shape):
+            raise TypeError(f"CheckShape{self.shape} takes a {len(self.shape)}-D tensor")
+        static = []
+        for have, want in zip(x.type.shape, self.shape):
+            if have is not None and want is not None and have != want:
+                raise TypeError(self.message())
+            static.append(want if want is not None else have)
+        return Apply(self, [x], [pt.tensor(dtype=x.type.dtype, shape=tuple(static))])
+
+    def perform(self, node, inputs, outputs):
+        (x,) = inputs
+        if any(w is not None and h != w for h, w in zip(x.shape, self.shape)):
+            raise AssertionError(self.message())
+        outputs[0][0] = x
+
+    def infer_shape(self, *args):
+        node, shapes = _infer_shape_args(args)
+        return [tuple(shapes[0][i] if s is None else s for i, s in enumerate(self.shape))]
+
+
+# --------------------------------------------------------------------------
+# Sums with a float64 accumulator
+# --------------------------------------------------------------------------
+
+
+class SumAcc64(Op):
+    """``x.sum(axis)`` of a float vector or matrix, accumulated in float64, in ``x``'s dtype."""
+
+    __props__ = ("axis",)
+
+    def __init__(self, axis):
+        self.axis = tuple(sorted(int(a) for a in axis))
+
+    def make_node(self, x):
+        x = pt.as_tensor_variable(x)
+        if x.type.dtype not in FLOATS or (x.ndim, self.axis) not in (
+            (1, (0,)), (2, (0,)), (2, (1,)), (2, (0, 1))
+        ):
+            raise TypeError("SumAcc64 sums a float vector, or a float matrix along one axis or both")
+        shape = tuple(s for i, s in enumerate(x.type.shape) if i not in self.axis)
+        return Apply(self, [x], [pt.tensor(dtype=x.type.dtype, shape=shape)])
+
+    def perform(self, node, inputs, outputs):
+        (x,) = inputs
+        outputs[0][0] = np.asarray(x.sum(axis=self.axis, dtype="float64"), dtype=x.dtype)
+
+    def infer_shape(self, *args):
+        node, shapes = _infer_shape_args(args)
+        return [tuple(s for i, s in enumerate(shapes[0]) if i not in self.axis)]
+
+
+# --------------------------------------------------------------------------
+# The rewrite
+# --------------------------------------------------------------------------
+
+
+def _pair_indices(op, indices):
+    if len(indices) != 2 or getattr(op, "idx_list", (0, 1)) != (0, 1):
+        return None
+    if not all(i.ndim == 1 and i.type.dtype in INTS for i in indices):
+        return None
+    return indices
+
+
+def _replacement(node):
+    op = node.op
+    if isinstance(op, (Softmax, LogSoftmax)):
+        (x,) = node.inputs
+        if x.ndim == 2 and x.type.dtype in FLOATS and tuple(op.axis or ()) in ((1,), (-1,)):
+            return RowSoftmax(log=isinstance(op, LogSoftmax))(x)
+    elif isinstance(op, AdvancedIncSubtensor):
+        x, y, *indices = node.inputs
+        if (x.ndim == 2 and y.ndim <= 1 and y.type.dtype == x.type.dtype
+                and not getattr(op, "ignore_duplicates", False) and _pair_indices(op, indices)):
+            return PairInc(op.set_instead_of_inc)(x, y, *indices)
+    elif isinstance(op, AdvancedSubtensor):
+        x, *indices = node.inputs
+        if x.ndim == 2 and _pair_indices(op, indices):
+            return PairTake()(x, *indices)
+    elif isinstance(op, Alloc):
+        value, *shape = node.inputs
+        if all(value.type.broadcastable) and value.ndim <= len(shape) and all(
+            s.ndim == 0 and s.type.dtype in INTS for s in shape
+        ):
+            return Fill(len(shape))(value, *shape)
+    elif isinstance(op, SpecifyShape):
+        x, *shape = node.inputs
+        sizes = []
+        for s in shape:
+            if isinstance(s, Constant) and s.data is None:
+                sizes.append(None)
+            elif _constant_int(s) is not None:
+                sizes.append(_constant_int(s))
+            else:
+                return None
+        return CheckShape(sizes)(x)
+    elif isinstance(op, Sum):
+        (x,) = node.inputs
+        axis = tuple(range(x.ndim)) if op.axis is None else tuple(sorted(op.axis))
+        if (op.acc_dtype == "float64" and x.type.dtype in FLOATS
+                and node.outputs[0].type.dtype == x.type.dtype
+                and (x.ndim, axis) in ((1, (0,)), (2, (0,)), (2, (1,)), (2, (0, 1)))):
+            return SumAcc64(axis)(x)
+    return None
+
+
+@node_rewriter([Softmax, LogSoftmax, AdvancedSubtensor, AdvancedIncSubtensor, Alloc,
+                SpecifyShape, Sum])
+def local_quick_numba_ops(fgraph, node):
+    """Replace the node by this module's Op when it has the shapes that Op handles.
+
+    The replacement's type must be the node's output type or a more precise one
+    (a looser one would make PyTensor put a ``SpecifyShape`` back); otherwise
+    the node stays.
+    """
+    try:
+        new = _replacement(node)
+    except TypeError:
+        return None
+    if new is None or not node.outputs[0].type.is_super(new.type):
+        return None
+    copy_stack_trace(node.outputs, [new])
+    return [new]
+
+
+# After ``specialize`` has made ``LogSoftmax`` of ``log(softmax(x))`` and before
+# the elementwise fusion (49) and the in-place rewrites (50+). Tagged "numba"
+# only: the Numba linker asks for that tag, the C and JAX linkers do not.
+optdb.register(
+    "local_quick_numba_ops",
+    in2out(local_quick_numba_ops),
+    "numba",
+    position=48.8,
+)
+
+
+# --------------------------------------------------------------------------
+# Numba functions
+# --------------------------------------------------------------------------
+
+
+def _compile_source(src, name, env):
+    namespace = dict(env)
+    exec(compile(src, f"<deeplearning_tutorials.numba_ops.{name}>", "exec"), namespace)
+    return namespace[name]
+
+
+def register_numba_funcify():
+    """Give this module's Ops their Numba functions (called when PyTensor's Numba backend first compiles)."""
+    import numba
+    from pytensor.link.numba.dispatch.basic import numba_njit, register_funcify_default_op_cache_key
+
+    def njit(fn):
+        # No fastmath: the sums add in index order, as the docstrings say.
+        return numba_njit(fn, fastmath=False, boundscheck=False)
+
+    @register_funcify_default_op_cache_key(RowSoftmax)
+    def numba_funcify_RowSoftmax(op, node=None, **kwargs):
+        cast = numba.float32 if node.inputs[0].type.dtype == "float32" else numba.float64
+        log = op.log
+
+        @njit
+        def row_softmax(x):
+            n, m = x.shape
+            out = np.empty((n, m), dtype=x.dtype)
+            if m == 0 and n > 0:
+                raise ValueError("softmax of a row with no element")
+            for i in range(n):
+                top = x[i, 0]
+                for j in range(1, m):
+                    if x[i, j] > top or np.isnan(x[i, j]):
+                        top = x[i, j]
+                acc = 0.0
+                for j in range(m):
+                    e = np.exp(x[i, j] - top)
+                    out[i, j] = e
+                    acc += e
+                s = cast(acc)
+                if log:
+                    ls = np.log(s)
+                    for j in range(m):
+                        out[i, j] = (x[i, j] - top) - ls
+                else:
+                    for j in range(m):
+                        out[i, j] = out[i, j] / s
+            return out
+
+        return row_softmax, 1
+
+    @njit
+    def pair_indices(x, rows, cols):
+        nr, nc = x.shape
+        n = rows.shape[0] if rows.shape[0] == cols.shape[0] or cols.shape[0] == 1 else cols.shape[0]
+        if (rows.shape[0] != 1 and rows.shape[0] != n) or (cols.shape[0] != 1 and cols.shape[0] != n):
+            raise IndexError("shape mismatch: indexing arrays could not be broadcast together")
+        r = np.empty(n, dtype=np.int64)
+        c = np.empty(n, dtype=np.int64)
+        for k in range(n):
+            a = np.int64(rows[0 if rows.shape[0] == 1 else k])
+            b = np.int64(cols[0 if cols.shape[0] == 1 else k])
+            if a < -nr or a >= nr or b < -nc or b >= nc:
+                raise IndexError("index out of bounds")
+            r[k] = a + nr if a < 0 else a
+            c[k] = b + nc if b < 0 else b
+        return r, c
+
+    @register_funcify_default_op_cache_key(PairTake)
+    def numba_funcify_PairTake(op, node=None, **kwargs):
+        @njit
+        def pair_take(x, rows, cols):
+            r, c = pair_indices(x, rows, cols)
+            out = np.empty(r.shape[0], dtype=x.dtype)
+            for k in range(r.shape[0]):
+                out[k] = x[r[k], c[k]]
+            return out
+
+        return pair_take, 1
+
+    @register_funcify_default_op_cache_key(PairInc)
+    def numba_funcify_PairInc(op, node=None, **kwargs):
+        set_instead_of_inc = op.set_instead_of_inc
+        y_is_vector = node.inputs[1].ndim == 1
+
+        @njit
+        def pair_inc(x, y, rows, cols):
+            r, c = pair_indices(x, rows, cols)
+            yv = y.ravel()
+            if y_is_vector and yv.shape[0] != 1 and yv.shape[0] != r.shape[0]:
+                raise ValueError("the values do not have the length of the indices")
+            out = x.copy()
+            for k in range(r.shape[0]):
+                v = yv[0 if yv.shape[0] == 1 else k]
+                if set_instead_of_inc:
+                    out[r[k], c[k]] = v
+                else:
+                    out[r[k], c[k]] += v
+            return out
+
+        return pair_inc, 1
+
+    @register_funcify_default_op_cache_key(Fill)
+    def numba_funcify_Fill(op, node=None, **kwargs):
+        names = [f"s{i}" for i in range(op.ndim)]
+        shape = "".join(f"{s}.item(), " for s in names)
+        src = (f"def fill(value, {', '.join(names)}):\n"
+               f"    out = np.empty(({shape}), dtype=value.dtype)\n"
+               f"    out.fill(value.ravel()[0])\n"
+               f"    return out\n")
+        return njit(_compile_source(src, "fill", {"np": np})), 1
+
+    @register_funcify_default_op_cache_key(CheckShape)
+    def numba_funcify_CheckShape(op, node=None, **kwargs):
+        checks = " or ".join(f"x.shape[{i}] != {s}" for i, s in enumerate(op.shape)
+                             if s is not None) or "False"
+        src = (f"def check_shape(x):\n"
+               f"    if {checks}:\n"
+               f"        raise AssertionError({op.message()!r})\n"
+               f"    return x\n")
+        return njit(_compile_source(src, "check_shape", {})), 1
+
+    @register_funcify_default_op_cache_key(SumAcc64)
+    def numba_funcify_SumAcc64(op, node=None, **kwargs):
+        dtype = node.inputs[0].type.dtype
+        cast = numba.float32 if dtype == "float32" else numba.float64
+        axis = op.axis
+        if node.inputs[0].ndim == 1:
+            @njit
+            def sum_vector(x):
+                acc = 0.0
+                for i in range(x.shape[0]):
+                    acc += x[i]
+                return np.asarray(cast(acc))
+
+            return sum_vector, 1
+        if axis == (0, 1):
+            @njit
+            def sum_matrix(x):
+                acc = 0.0
+                for i in range(x.shape[0]):
+                    for j in range(x.shape[1]):
+                        acc += x[i, j]
+                return np.asarray(cast(acc))
+
+            return sum_matrix, 1
+        if axis == (0,):
+            @njit
+            def sum_columns(x):
+                acc = np.zeros(x.shape[1])
+                for i in range(x.shape[0]):
+                    for j in range(x.shape[1]):
+                        acc[j] += x[i, j]
+                return acc.astype(x.dtype)
+
+            return sum_columns, 1
+
+        @njit
+        def sum_rows(x):
+            out = np.empty(x.shape[0], dtype=x.dtype)
+            for i in range(x.shape[0]):
+                acc = 0.0
+                for j in range(x.shape[1]):
+                    acc += x[i, j]
+                out[i] = acc
+            return out
+
+        return sum_rows, 1
