@@ -50,7 +50,7 @@ from pytensor.compile import optdb
 from pytensor.graph.basic import Apply, Constant
 from pytensor.graph.op import Op
 from pytensor.graph.rewriting.basic import copy_stack_trace, in2out, node_rewriter
-from pytensor.tensor.basic import Alloc
+from pytensor.tensor.basic import Alloc, infer_static_shape
 from pytensor.tensor.math import Sum
 from pytensor.tensor.shape import SpecifyShape
 from pytensor.tensor.special import LogSoftmax, Softmax
@@ -100,6 +100,9 @@ class RowSoftmax(Op):
         (x,) = inputs
         if x.shape[1] == 0 and x.shape[0]:
             raise ValueError("softmax of a row with no element")
+        if x.size == 0:
+            outputs[0][0] = x.copy()
+            return
         xs = x - x.max(axis=1, keepdims=True)
         e = np.exp(xs)
         s = e.sum(axis=1, keepdims=True, dtype="float64").astype(x.dtype)
@@ -231,7 +234,9 @@ class Fill(Op):
             raise TypeError("Fill takes a value of one element and one size per dimension")
         if value.ndim > self.ndim or any(s.ndim or s.type.dtype not in INTS for s in shape):
             raise TypeError("Fill's sizes must be integer scalars")
-        static = tuple(_constant_int(s) for s in shape)
+        # As Alloc does: sizes that constant folding can tell become static.
+        _, static = infer_static_shape(shape)
+        static = tuple(None if s is None else int(s) for s in static)
         return Apply(self, [value, *shape], [pt.tensor(dtype=value.type.dtype, shape=static)])
 
     def perform(self, node, inputs, outputs):

@@ -62,6 +62,17 @@ def test_softmax_of_a_nan_row_is_nan_and_other_rows_are_untouched():
     np.testing.assert_allclose(p[1], 1 / 3)
 
 
+def test_softmax_of_empty_matrices():
+    x = pt.matrix()
+    fn = _numba([x], softmax(x, axis=1))
+    py = pytensor.function([x], RowSoftmax()(x), mode=PY)
+    for f in (fn, py):
+        assert f(np.zeros((0, 3))).shape == (0, 3)
+        assert f(np.zeros((0, 0))).shape == (0, 0)
+        with pytest.raises(ValueError, match="no element"):
+            f(np.zeros((2, 0)))
+
+
 def test_softmax_along_other_axes_keeps_pytensors_op():
     x = pt.matrix()
     fn = _numba([x], softmax(x, axis=0))
