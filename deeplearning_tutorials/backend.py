@@ -58,7 +58,7 @@ from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
 
 from deeplearning_tutorials.nnet.threads_c import UsesThreadPool
 from deeplearning_tutorials.parallel_c import install_parallel_cvm
-from deeplearning_tutorials import numba_ops  # noqa: F401  (registers its Numba-only rewrite)
+from deeplearning_tutorials import numba_ops  # (importing it registers its Numba-only rewrite)
 
 try:  # PyTensor 3.0; later versions merged them into the Ops above, with C code.
     from pytensor.tensor.subtensor import AdvancedIncSubtensor1, AdvancedSubtensor1
@@ -352,15 +352,10 @@ optdb["specialize"].register(
 
 
 def _flat_pair_index(x, rows, cols):
-    """The flat index of ``x[rows, cols]`` in ``x.ravel()``, or None if not a matrix pair."""
+    """The flat index of ``x[rows, cols]`` in ``x.ravel()`` (a matrix pair, :func:`numba_ops.is_matrix_pair`)."""
     import pytensor.tensor as pt
     from pytensor.raise_op import Assert
 
-    if x.ndim != 2 or not all(
-        getattr(i.type, "dtype", "").startswith(("int", "uint")) and i.ndim == 1
-        for i in (rows, cols)
-    ):
-        return None
     # Shape_i, not x.shape[i]: this runs after the rewrites that would turn
     # Subtensor(Shape(x)) into Shape_i, and the whole-graph C linker cannot run
     # a Subtensor of an intermediate result (its C code reads the Python object).
@@ -394,11 +389,9 @@ def local_pair_indexing_for_c(fgraph, node):
         x, y, *indices = node.inputs
     else:
         x, *indices = node.inputs
-    if len(indices) != 2 or getattr(node.op, "idx_list", (0, 1)) != (0, 1):
+    if not numba_ops.is_matrix_pair(node.op, x, indices):
         return None
     flat = _flat_pair_index(x, *indices)
-    if flat is None:
-        return None
     if isinstance(node.op, AdvancedIncSubtensor):
         if y.ndim > 1 or getattr(node.op, "ignore_duplicates", False):
             return None

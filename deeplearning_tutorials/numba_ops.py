@@ -60,7 +60,7 @@ from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
 # them) when PyTensor's Numba backend first converts a graph.
 import deeplearning_tutorials.nnet  # noqa: E402, F401
 
-__all__ = ["CheckShape", "Fill", "PairInc", "PairTake", "RowSoftmax", "SumAcc64",
+__all__ = ["CheckShape", "Fill", "PairInc", "PairTake", "RowSoftmax", "SumAcc64", "is_matrix_pair",
            "local_quick_numba_ops", "register_numba_funcify"]
 
 FLOATS = ("float32", "float64")
@@ -319,12 +319,15 @@ class SumAcc64(Op):
 # --------------------------------------------------------------------------
 
 
-def _pair_indices(op, indices):
-    if len(indices) != 2 or getattr(op, "idx_list", (0, 1)) != (0, 1):
-        return None
-    if not all(i.ndim == 1 and i.type.dtype in INTS for i in indices):
-        return None
-    return indices
+def is_matrix_pair(op, x, indices):
+    """True when ``op`` indexes the matrix ``x`` as ``x[rows, cols]`` with two integer vectors.
+
+    The negative log-likelihood's pick, ``log(p)[arange(n), y]``, and its gradient;
+    the C backends' rewrite of the same nodes (``backend.local_pair_indexing_for_c``)
+    asks the same question.
+    """
+    return (x.ndim == 2 and len(indices) == 2 and getattr(op, "idx_list", (0, 1)) == (0, 1)
+            and all(i.ndim == 1 and i.type.dtype in INTS for i in indices))
 
 
 def _replacement(node):
@@ -335,12 +338,12 @@ def _replacement(node):
             return RowSoftmax(log=isinstance(op, LogSoftmax))(x)
     elif isinstance(op, AdvancedIncSubtensor):
         x, y, *indices = node.inputs
-        if (x.ndim == 2 and y.ndim <= 1 and y.type.dtype == x.type.dtype
-                and not getattr(op, "ignore_duplicates", False) and _pair_indices(op, indices)):
+        if (y.ndim <= 1 and y.type.dtype == x.type.dtype
+                and not getattr(op, "ignore_duplicates", False) and is_matrix_pair(op, x, indices)):
             return PairInc(op.set_instead_of_inc)(x, y, *indices)
     elif isinstance(op, AdvancedSubtensor):
         x, *indices = node.inputs
-        if x.ndim == 2 and _pair_indices(op, indices):
+        if is_matrix_pair(op, x, indices):
             return PairTake()(x, *indices)
     elif isinstance(op, Alloc):
         value, *shape = node.inputs
@@ -352,12 +355,12 @@ def _replacement(node):
         x, *shape = node.inputs
         sizes = []
         for s in shape:
-            if isinstance(s, Constant) and s.data is None:
+            if isinstance(s, Constant) and s.data is None:  # a dimension left free
                 sizes.append(None)
-            elif _constant_int(s) is not None:
-                sizes.append(_constant_int(s))
+            elif (size := _constant_int(s)) is not None:
+                sizes.append(size)
             else:
-                return None
+                return None  # a size known only when the function runs
         return CheckShape(sizes)(x)
     elif isinstance(op, Sum):
         (x,) = node.inputs
