@@ -18,7 +18,7 @@ rest, not because they compute much but because of how PyTensor writes them:
 * ``Sum`` with a float64 accumulator goes through the generic reduction (5 s).
 
 The rewrite here (tagged ``"numba"``, so the C and JAX backends never see
-them) replace those nodes, when they have the shapes the tutorials give them,
+them) replaces those nodes, when they have the shapes the tutorials give them,
 by Ops of this module that compute the same thing with a few plain loops:
 
 * :class:`RowSoftmax`: ``Softmax`` or ``LogSoftmax`` of a matrix along its rows;
@@ -67,11 +67,6 @@ FLOATS = ("float32", "float64")
 INTS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 
 
-def _infer_shape_args(args):
-    # (fgraph, node, shapes) before PyTensor 3.3, (node, shapes) after.
-    return args[-2:]
-
-
 # --------------------------------------------------------------------------
 # Softmax along the rows of a matrix
 # --------------------------------------------------------------------------
@@ -109,7 +104,8 @@ class RowSoftmax(Op):
         outputs[0][0] = np.asarray(xs - np.log(s) if self.log else e / s, dtype=x.dtype)
 
     def infer_shape(self, *args):
-        node, shapes = _infer_shape_args(args)
+        # (fgraph, node, shapes) before PyTensor 3.3, (node, shapes) after.
+        node, shapes = args[-2:]
         return [shapes[0]]
 
 
@@ -169,7 +165,7 @@ class PairTake(Op):
         outputs[0][0] = np.asarray(x[r, c])
 
     def infer_shape(self, *args):
-        node, shapes = _infer_shape_args(args)
+        node, shapes = args[-2:]
         (n_rows,), (n_cols,) = shapes[1:]
         return [(pt.switch(pt.eq(n_rows, 1), n_cols, n_rows),)]
 
@@ -204,7 +200,7 @@ class PairInc(Op):
         outputs[0][0] = out
 
     def infer_shape(self, *args):
-        node, shapes = _infer_shape_args(args)
+        node, shapes = args[-2:]
         return [shapes[0]]
 
 
@@ -245,7 +241,7 @@ class Fill(Op):
                                 dtype=node.outputs[0].type.dtype)
 
     def infer_shape(self, *args):
-        node, shapes = _infer_shape_args(args)
+        node, shapes = args[-2:]
         return [tuple(node.inputs[1:])]
 
 
@@ -279,7 +275,7 @@ class CheckShape(Op):
         outputs[0][0] = x
 
     def infer_shape(self, *args):
-        node, shapes = _infer_shape_args(args)
+        node, shapes = args[-2:]
         return [tuple(shapes[0][i] if s is None else s for i, s in enumerate(self.shape))]
 
 
@@ -310,7 +306,7 @@ class SumAcc64(Op):
         outputs[0][0] = np.asarray(x.sum(axis=self.axis, dtype="float64"), dtype=x.dtype)
 
     def infer_shape(self, *args):
-        node, shapes = _infer_shape_args(args)
+        node, shapes = args[-2:]
         return [tuple(s for i, s in enumerate(shapes[0]) if i not in self.axis)]
 
 

@@ -10,7 +10,6 @@ Numba backend compiles a graph (:func:`register_numba`).
 """
 
 import functools
-import sys
 
 from deeplearning_tutorials.nnet.conv import (
     Conv2d,
