@@ -60,8 +60,8 @@ from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
 # them) when PyTensor's Numba backend first converts a graph.
 import deeplearning_tutorials.nnet  # noqa: E402, F401
 
-__all__ = ["CheckShape", "Fill", "PairInc", "PairTake", "RowSoftmax", "SumAcc64", "is_matrix_pair",
-           "local_quick_numba_ops", "register_numba_funcify"]
+__all__ = ["CheckShape", "Fill", "PairInc", "PairTake", "RowSoftmax", "SumAcc64", "entry_point",
+           "is_matrix_pair", "local_quick_numba_ops", "register_numba_funcify"]
 
 FLOATS = ("float32", "float64")
 INTS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
@@ -396,6 +396,56 @@ optdb.register(
     "numba",
     position=48.8,
 )
+
+
+# --------------------------------------------------------------------------
+# The compiled function's entry point
+# --------------------------------------------------------------------------
+
+#: Appended to PyTensor's cache key of a graph compiled by :func:`entry_point`,
+#: so that its cached machine code never mixes with PyTensor's own layout.
+ENTRY_POINT_SALT = "dlt_entry1"
+
+
+def entry_point(fn_and_key):
+    """The Numba function of a whole graph as its own entry point, or None.
+
+    Port note: PyTensor's Numba linker hands its ``jit_compile`` a one-line
+    caching wrapper, ``def numba_funcified_fgraph(*args): return
+    jitable_func(*args)``, around the graph's function, and compiles that
+    wrapper again as the entry point that Python calls. Numba links the code
+    of every function a function calls into its own and optimises and
+    compiles the whole again, so the wrapper costs one more pass of LLVM over
+    the code of every node (about 3 s of a cold first call of LeNet5's
+    training function on the ninth session's machine). The graph's function
+    is generated source without closures, which Numba can cache by itself: it
+    is compiled here, from the same source and globals, as the entry point,
+    with PyTensor's cache key (salted with :data:`ENTRY_POINT_SALT`) and
+    PyTensor's options for an entry point. Same code, same results; a warm
+    start still loads it from PyTensor's cache.
+
+    ``fn_and_key`` is what PyTensor's linker passes to ``jit_compile``. Returns
+    None (and PyTensor compiles as usual) when the graph cannot be cached, when
+    PyTensor's caching is off, or when the wrapper is not the one described.
+    """
+    import pytensor
+    from pytensor.link.numba.cache import compile_numba_function_src
+    from pytensor.link.numba.dispatch.basic import numba_njit
+
+    fn, key = fn_and_key
+    if key is None or not pytensor.config.numba__cache:
+        return None
+    wrapper = getattr(fn, "py_func", None)
+    inner = getattr(wrapper, "__globals__", {}).get("jitable_func")
+    graph_fn = getattr(inner, "py_func", None)
+    source = getattr(graph_fn, "__source__", None)
+    if source is None or graph_fn.__closure__ or wrapper.__name__ != graph_fn.__name__:
+        return None
+    entry = compile_numba_function_src(
+        source, graph_fn.__name__, global_env=graph_fn.__globals__,
+        cache_key=f"{key}_fastmath{int(pytensor.config.numba__fastmath)}_{ENTRY_POINT_SALT}",
+    )
+    return numba_njit(entry, final_function=True, cache=True)
 
 
 # --------------------------------------------------------------------------

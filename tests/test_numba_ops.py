@@ -6,6 +6,9 @@ tightly and in float32 loosely; its Python ``perform`` is checked the same way,
 and the errors NumPy raises are raised.
 """
 
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -15,7 +18,16 @@ import pytest
 from pytensor.compile.mode import Mode
 from pytensor.tensor.special import log_softmax, softmax
 
-from deeplearning_tutorials.numba_ops import CheckShape, Fill, PairInc, PairTake, RowSoftmax, SumAcc64
+from deeplearning_tutorials.numba_ops import (
+    ENTRY_POINT_SALT,
+    CheckShape,
+    Fill,
+    PairInc,
+    PairTake,
+    RowSoftmax,
+    SumAcc64,
+    entry_point,
+)
 
 RTOL = {"float64": 1e-12, "float32": 1e-6}
 PY = Mode(linker="py", optimizer=None)
@@ -231,3 +243,51 @@ def test_lenet5_training_graph_on_numba_uses_them(mnist_pkl):
     assert not [op for op in ops if issubclass(op, slow)]
     for op in (RowSoftmax, PairTake, PairInc, Fill, CheckShape, SumAcc64):
         assert op in ops, op
+
+
+# --------------------------------------------------------------------------
+# The compiled function's entry point
+# --------------------------------------------------------------------------
+
+_ENTRY_SCRIPT = """
+import numpy as np, pytensor, pytensor.tensor as pt
+import deeplearning_tutorials.numba_ops
+x = pt.vector("x")
+w = pytensor.shared(np.linspace(-1, 1, 5))
+f = pytensor.function([x], [pt.tanh(x * w).sum(), pt.exp(x) + 1], mode="NUMBA")
+entry = f.vm.jit_fn
+values = f(np.arange(5.0))
+print(entry.py_func.__name__, "jitable_func" in entry.py_func.__globals__,
+      sum(entry.stats.cache_hits.values()), sum(entry.stats.cache_misses.values()),
+      repr(float(values[0])), repr(values[1].tolist()))
+"""
+
+
+def test_the_graphs_function_is_the_cached_entry_point(tmp_path):
+    # A fresh compile directory: the first process compiles the graph's own function as the
+    # entry point (no wrapper around it) and caches it; the second loads it from the cache.
+    env = dict(os.environ, PYTENSOR_FLAGS=f"base_compiledir={tmp_path}")
+    env.pop("NUMBA_CACHE_DIR", None)
+    runs = [subprocess.run([sys.executable, "-c", _ENTRY_SCRIPT], env=env, capture_output=True,
+                           text=True, check=True).stdout.split(maxsplit=5) for _ in range(2)]
+    assert runs[0][:4] == ["numba_funcified_fgraph", "False", "0", "1"]
+    assert runs[1][:4] == ["numba_funcified_fgraph", "False", "1", "0"]
+    assert runs[0][4:] == runs[1][4:]
+    want = np.tanh(np.arange(5.0) * np.linspace(-1, 1, 5)).sum()
+    assert float(runs[0][4]) == pytest.approx(want, rel=1e-12)
+    names = os.listdir(tmp_path / "numba")
+    assert any(n.startswith("string.numba_funcified_fgraph-") and ENTRY_POINT_SALT in n
+               for n in names)
+
+
+def test_entry_point_leaves_graphs_it_cannot_cache_to_pytensor():
+    import numba
+
+    @numba.njit
+    def jitable_func(*args):
+        return args
+
+    assert entry_point((jitable_func, None)) is None  # no cache key: PyTensor's own way
+    assert entry_point((jitable_func, "key")) is None  # not PyTensor's wrapper
+    with pytensor.config.change_flags(numba__cache=False):
+        assert entry_point((jitable_func, "key")) is None

@@ -66,14 +66,25 @@ def _register_numba_on_first_use():
     convert = NumbaLinker.fgraph_convert
     if getattr(convert, "registers_deeplearning_tutorials", False):
         return
+    jit_compile = NumbaLinker.jit_compile
 
     @functools.wraps(convert)
     def fgraph_convert(self, *args, **kwargs):
         register_numba()
         return convert(self, *args, **kwargs)
 
+    @functools.wraps(jit_compile)
+    def jit_compile_entry_point(self, fn_and_key):
+        # The graph's own function as the entry point: one pass of LLVM less
+        # over the whole graph (numba_ops.entry_point says why).
+        from deeplearning_tutorials import numba_ops
+
+        entry = numba_ops.entry_point(fn_and_key)
+        return jit_compile(self, fn_and_key) if entry is None else entry
+
     fgraph_convert.registers_deeplearning_tutorials = True
     NumbaLinker.fgraph_convert = fgraph_convert
+    NumbaLinker.jit_compile = jit_compile_entry_point
 
 
 def _register_backends():
