@@ -1,4 +1,4 @@
-"""Stand-ins that Numba compiles quickly, for six PyTensor Ops in Numba graphs.
+"""Stand-ins that Numba compiles quickly, for nine PyTensor Ops in Numba graphs.
 
 Port note: PyTensor's Numba backend compiles one Numba function per node of a
 graph, one after the other, and a cold first call of LeNet5's training
@@ -17,9 +17,17 @@ rest, not because they compute much but because of how PyTensor writes them:
   fancy indexing (3 s);
 * ``Sum`` with a float64 accumulator goes through the generic reduction (5 s).
 
+And some cost the nodes after them: ``DimShuffle`` (a bias's new axes, a
+weight matrix's transpose) and ``Subtensor`` (the minibatch's rows) return
+arrays whose layout Numba cannot know, so every node that takes them is
+compiled for general strided arrays, with run-time checks and copies (the
+largest code of the graph: about 10 % of its LLVM code, and 3 s of a first
+call of 28 s on the tenth session's machine).
+
 The rewrite here (tagged ``"numba"``, so the C and JAX backends never see
 them) replaces those nodes, when they have the shapes the tutorials give them,
-by Ops of this module that compute the same thing with a few plain loops:
+by Ops of this module that compute the same thing with a few plain loops, or
+with the NumPy view whose layout Numba knows:
 
 * :class:`RowSoftmax`: ``Softmax`` or ``LogSoftmax`` of a matrix along its rows;
 * :class:`PairTake`: ``x[rows, cols]`` of a matrix and two integer vectors;
@@ -27,7 +35,12 @@ by Ops of this module that compute the same thing with a few plain loops:
 * :class:`Fill`: ``alloc`` of a single value;
 * :class:`CheckShape`: ``specify_shape`` with constant sizes;
 * :class:`SumAcc64`: ``sum`` of a vector, or of a matrix along one axis or
-  both, with a float64 accumulator.
+  both, with a float64 accumulator;
+* :class:`AddAxes`: ``DimShuffle`` that only inserts axes (a reshape: C-ordered
+  from a C-ordered input);
+* :class:`Transposed`: the transpose of a matrix (``x.T``: Fortran-ordered from
+  a C-ordered input);
+* :class:`RowSlice`: ``x[start:stop]`` (C-ordered from a C-ordered input).
 
 They keep PyTensor's arithmetic: the same float64 accumulator for the sums, the
 maximum subtracted before the exponential, a float32 ``log`` of the float32
@@ -39,28 +52,33 @@ broadcast only from length 1, and a wrong shape for ``specify_shape`` is an
 
 Measured with Numba's compile events (LeNet5 float32, cold cache, the 2-core
 machine of the ninth session): the training function's first call went from
-60.1 s to 31.1 s; the docs' results page has the benchmark.
+60.1 s to 31.1 s with the first six; the docs' results page has the
+benchmark, and the tenth session's figures for the last three and for
+:func:`entry_point`.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pytensor.scalar as ps
 import pytensor.tensor as pt
 from pytensor.compile import optdb
 from pytensor.graph.basic import Apply, Constant
 from pytensor.graph.op import Op
 from pytensor.graph.rewriting.basic import copy_stack_trace, in2out, node_rewriter
 from pytensor.tensor.basic import Alloc, infer_static_shape
+from pytensor.tensor.elemwise import DimShuffle
 from pytensor.tensor.math import Sum
 from pytensor.tensor.shape import SpecifyShape
 from pytensor.tensor.special import LogSoftmax, Softmax
-from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
+from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor, Subtensor
 
 # The package's hook that registers the Numba functions (this module's among
 # them) when PyTensor's Numba backend first converts a graph.
 import deeplearning_tutorials.nnet  # noqa: E402, F401
 
-__all__ = ["CheckShape", "Fill", "PairInc", "PairTake", "RowSoftmax", "SumAcc64", "entry_point",
+__all__ = ["AddAxes", "CheckShape", "Fill", "PairInc", "PairTake", "RowSlice", "RowSoftmax", "SumAcc64",
+           "Transposed", "entry_point",
            "is_matrix_pair", "local_quick_numba_ops", "register_numba_funcify"]
 
 FLOATS = ("float32", "float64")
@@ -311,6 +329,118 @@ class SumAcc64(Op):
 
 
 # --------------------------------------------------------------------------
+# New axes of length one
+# --------------------------------------------------------------------------
+
+
+class AddAxes(Op):
+    """``x`` with axes of length one inserted at ``axes`` (of the output), as a view.
+
+    PyTensor's ``DimShuffle`` that only inserts axes (``ExpandDims``). Its Numba
+    function reshapes, so that a C-contiguous input gives a C-contiguous output
+    (``DimShuffle``'s own gives an array of unknown layout, for which Numba
+    compiles every later node's general, strided code).
+    """
+
+    __props__ = ("axes",)
+    view_map = {0: [0]}
+
+    def __init__(self, axes):
+        self.axes = tuple(sorted(int(a) for a in axes))
+
+    def make_node(self, x):
+        x = pt.as_tensor_variable(x)
+        ndim = x.ndim + len(self.axes)
+        if len(set(self.axes)) != len(self.axes) or not all(0 <= a < ndim for a in self.axes):
+            raise TypeError("AddAxes inserts distinct axes into a tensor")
+        return Apply(self, [x], [pt.tensor(dtype=x.type.dtype, shape=self._shape(x.type.shape))])
+
+    def _shape(self, shape):
+        sizes = iter(shape)
+        return tuple(1 if d in self.axes else next(sizes) for d in range(len(shape) + len(self.axes)))
+
+    def perform(self, node, inputs, outputs):
+        (x,) = inputs
+        outputs[0][0] = np.expand_dims(x, self.axes)
+
+    def infer_shape(self, *args):
+        node, shapes = args[-2:]
+        return [self._shape(shapes[0])]
+
+
+class Transposed(Op):
+    """``x.T`` of a matrix, as a view (PyTensor's ``MatrixTranspose``).
+
+    Its Numba function is ``x.T``, which Numba knows to be Fortran-ordered when
+    ``x`` is C-ordered (``DimShuffle``'s own result has an unknown layout).
+    """
+
+    __props__ = ()
+    view_map = {0: [0]}
+
+    def make_node(self, x):
+        x = pt.as_tensor_variable(x)
+        if x.ndim != 2:
+            raise TypeError("Transposed takes a matrix")
+        return Apply(self, [x], [pt.tensor(dtype=x.type.dtype, shape=x.type.shape[::-1])])
+
+    def perform(self, node, inputs, outputs):
+        outputs[0][0] = inputs[0].T
+
+    def infer_shape(self, *args):
+        node, shapes = args[-2:]
+        return [tuple(shapes[0][::-1])]
+
+
+# --------------------------------------------------------------------------
+# A slice of the first axis
+# --------------------------------------------------------------------------
+
+
+class RowSlice(Op):
+    """``x[start:stop]`` (either bound may be absent), as a view: a ``Subtensor`` of one slice.
+
+    The minibatches the tutorials slice out of their shared datasets. Its Numba
+    function writes the slice as ``x[start:stop]``, which Numba knows to be
+    C-ordered when ``x`` is (``Subtensor``'s own builds a ``slice`` object, and
+    its result has an unknown layout).
+    """
+
+    __props__ = ("has_start", "has_stop")
+    view_map = {0: [0]}
+
+    def __init__(self, has_start, has_stop):
+        self.has_start = bool(has_start)
+        self.has_stop = bool(has_stop)
+
+    def make_node(self, x, *bounds):
+        x = pt.as_tensor_variable(x)
+        bounds = [ps.as_scalar(b) for b in bounds]
+        if x.ndim < 1 or len(bounds) != self.has_start + self.has_stop or any(
+            b.type.dtype not in INTS for b in bounds
+        ):
+            raise TypeError("RowSlice takes a tensor and its integer scalar bounds")
+        return Apply(self, [x, *bounds],
+                     [pt.tensor(dtype=x.type.dtype, shape=(None, *x.type.shape[1:]))])
+
+    def _slice(self, bounds):
+        bounds = iter(bounds)
+        return slice(next(bounds) if self.has_start else None,
+                     next(bounds) if self.has_stop else None)
+
+    def perform(self, node, inputs, outputs):
+        x, *bounds = inputs
+        outputs[0][0] = x[self._slice(int(b) for b in bounds)]
+
+    def infer_shape(self, *args):
+        # Subtensor's own, for the same inputs: (fgraph, node, shapes), or (node, shapes).
+        node, shapes = args[-2:]
+        x, *bounds = node.inputs
+        subtensor = Subtensor((self._slice(range(len(bounds))),))  # bounds by position
+        return subtensor.infer_shape(*args[:-2], subtensor.make_node(x, *bounds), shapes)
+
+
+# --------------------------------------------------------------------------
 # The rewrite
 # --------------------------------------------------------------------------
 
@@ -358,6 +488,17 @@ def _replacement(node):
             else:
                 return None  # a size known only when the function runs
         return CheckShape(sizes)(x)
+    elif isinstance(op, DimShuffle):
+        (x,) = node.inputs
+        if op.is_expand_dims:
+            return AddAxes(op.augment)(x)
+        if x.ndim == 2 and tuple(op.new_order) == (1, 0):
+            return Transposed()(x)
+    elif type(op) is Subtensor:
+        x, *bounds = node.inputs
+        (entry,) = op.idx_list if len(op.idx_list) == 1 else (None,)
+        if isinstance(entry, slice) and entry.step is None:
+            return RowSlice(entry.start is not None, entry.stop is not None)(x, *bounds)
     elif isinstance(op, Sum):
         (x,) = node.inputs
         axis = tuple(range(x.ndim)) if op.axis is None else tuple(sorted(op.axis))
@@ -369,7 +510,7 @@ def _replacement(node):
 
 
 @node_rewriter([Softmax, LogSoftmax, AdvancedSubtensor, AdvancedIncSubtensor, Alloc,
-                SpecifyShape, Sum])
+                SpecifyShape, Sum, DimShuffle, Subtensor])
 def local_quick_numba_ops(fgraph, node):
     """Replace the node by this module's Op when it has the shapes that Op handles.
 
@@ -571,6 +712,32 @@ def register_numba_funcify():
                f"        raise AssertionError({op.message()!r})\n"
                f"    return x\n")
         return njit(_compile_source(src, "check_shape", {})), 1
+
+    @register_funcify_default_op_cache_key(AddAxes)
+    def numba_funcify_AddAxes(op, node=None, **kwargs):
+        sizes = iter(f"x.shape[{i}]" for i in range(node.inputs[0].ndim))
+        shape = "".join(("1" if d in op.axes else next(sizes)) + ", "
+                        for d in range(node.outputs[0].ndim))
+        src = (f"def add_axes(x):\n"
+               f"    return np.ascontiguousarray(x).reshape(({shape}))\n")
+        return njit(_compile_source(src, "add_axes", {"np": np})), 1
+
+    @register_funcify_default_op_cache_key(Transposed)
+    def numba_funcify_Transposed(op, node=None, **kwargs):
+        @njit
+        def transposed(x):
+            return x.T
+
+        return transposed, 1
+
+    @register_funcify_default_op_cache_key(RowSlice)
+    def numba_funcify_RowSlice(op, node=None, **kwargs):
+        names = ["start"] * op.has_start + ["stop"] * op.has_stop
+        start = "start" if op.has_start else ""
+        stop = "stop" if op.has_stop else ""
+        src = (f"def row_slice(x{''.join(', ' + n for n in names)}):\n"
+               f"    return x[{start}:{stop}]\n")
+        return njit(_compile_source(src, "row_slice", {})), 1
 
     @register_funcify_default_op_cache_key(SumAcc64)
     def numba_funcify_SumAcc64(op, node=None, **kwargs):

@@ -20,12 +20,15 @@ from pytensor.tensor.special import log_softmax, softmax
 
 from deeplearning_tutorials.numba_ops import (
     ENTRY_POINT_SALT,
+    AddAxes,
     CheckShape,
     Fill,
     PairInc,
     PairTake,
+    RowSlice,
     RowSoftmax,
     SumAcc64,
+    Transposed,
     entry_point,
 )
 
@@ -224,13 +227,64 @@ def test_rewrite_skips_what_it_does_not_handle():
     np.testing.assert_array_equal(out, 2 * np.ones((3, 2)))
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_new_axes_transposes_and_row_slices(dtype):
+    v, m, s = pt.vector(dtype=dtype), pt.matrix(dtype=dtype), pt.scalar(dtype=dtype)
+    i, j = pt.iscalar(), pt.lscalar()
+    outs = [v.dimshuffle("x", 0, "x", "x"), s.dimshuffle("x", "x"), m.T, m[i:j], m[i:], m[:j],
+            v[i:j], m[::2].dimshuffle("x", 0, 1), m[::2].T, m[i:].shape]
+    fn = _numba([v, m, s, i, j], outs)
+    ops = _ops(fn)
+    assert ops.count(AddAxes) == 3 and ops.count(Transposed) == 2 and ops.count(RowSlice) == 4
+    rng = np.random.default_rng(0)
+    vd, md = rng.normal(size=4).astype(dtype), rng.normal(size=(5, 3)).astype(dtype)
+    sd = np.asarray(2.5, dtype=dtype)
+    for a, b in [(1, 3), (-2, 5), (4, 1), (-9, 9), (0, -1), (7, 8)]:
+        want = [vd[None, :, None, None], sd[None, None], md.T, md[a:b], md[a:], md[:b], vd[a:b],
+                md[::2][None], md[::2].T, np.array(md[a:].shape)]
+        for got, w in zip(fn(vd, md, sd, a, b), want):
+            assert got.dtype == w.dtype and got.shape == w.shape
+            np.testing.assert_array_equal(got, w)
+    # Their Python implementations, and the layouts Numba gets from them.
+    py = pytensor.function([v, m, i, j], [AddAxes((0, 2))(v), Transposed()(m),
+                                          RowSlice(True, True)(m, i, j), RowSlice(False, True)(v, j)],
+                           mode=PY)
+    for got, w in zip(py(vd, md, 1, -1), [vd[None, :, None], md.T, md[1:-1], vd[:-1]]):
+        np.testing.assert_array_equal(got, w)
+    assert AddAxes((0,)).make_node(v).outputs[0].type.shape == (1, None)
+    with pytest.raises(TypeError):
+        AddAxes((0, 0))(v)
+
+
+def test_new_axes_and_slices_give_numba_c_ordered_arrays():
+    # The point of the stand-ins: Numba knows their outputs' layout, so the nodes
+    # after them are compiled for C- (or Fortran-) ordered arrays.
+    import numba
+
+    from pytensor.link.numba.dispatch.basic import numba_funcify
+
+    v, m, i = pt.vector(), pt.matrix(), pt.lscalar()
+    layouts = []
+    for op, inputs, args in [(AddAxes((0, 2, 3)), [v], (np.ones(3),)),
+                             (Transposed(), [m], (np.ones((2, 3)),)),
+                             (RowSlice(True, True), [m, pt.scalar_from_tensor(i),
+                                                     pt.scalar_from_tensor(i + 1)],
+                              (np.ones((4, 3)), 1, 2))]:
+        node = op.make_node(*inputs)
+        fn = numba.njit(numba_funcify(op, node=node).py_func)
+        fn(*args)
+        layouts.append(fn.nopython_signatures[0].return_type.layout)
+    assert layouts == ["C", "F", "C"]
+
+
 def test_lenet5_training_graph_on_numba_uses_them(mnist_pkl):
     """The training function of LeNet5 on Numba has none of the slow-to-compile nodes left."""
     from pytensor.tensor.basic import Alloc
     from pytensor.tensor.math import Sum
     from pytensor.tensor.shape import SpecifyShape
     from pytensor.tensor.special import LogSoftmax, Softmax
-    from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
+    from pytensor.tensor.elemwise import DimShuffle
+    from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor, Subtensor
 
     from deeplearning_tutorials import datasets
     from deeplearning_tutorials.testing import lenet5_functions
@@ -240,8 +294,9 @@ def test_lenet5_training_graph_on_numba_uses_them(mnist_pkl):
     _, train_model, _ = lenet5_functions(data, mode="NUMBA")
     ops = _ops(train_model)
     slow = (Softmax, LogSoftmax, Alloc, SpecifyShape, AdvancedSubtensor, AdvancedIncSubtensor, Sum)
-    assert not [op for op in ops if issubclass(op, slow)]
-    for op in (RowSoftmax, PairTake, PairInc, Fill, CheckShape, SumAcc64):
+    assert not [op for op in ops if issubclass(op, slow) or op in (DimShuffle, Subtensor)]
+    for op in (RowSoftmax, PairTake, PairInc, Fill, CheckShape, SumAcc64, AddAxes, Transposed,
+               RowSlice):
         assert op in ops, op
 
 
