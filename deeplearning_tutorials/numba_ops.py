@@ -715,9 +715,8 @@ def register_numba_funcify():
 
     @register_funcify_default_op_cache_key(AddAxes)
     def numba_funcify_AddAxes(op, node=None, **kwargs):
-        sizes = iter(f"x.shape[{i}]" for i in range(node.inputs[0].ndim))
-        shape = "".join(("1" if d in op.axes else next(sizes)) + ", "
-                        for d in range(node.outputs[0].ndim))
+        shape = "".join(f"{s}, " for s in op._shape([f"x.shape[{i}]"
+                                                     for i in range(node.inputs[0].ndim)]))
         src = (f"def add_axes(x):\n"
                f"    return np.ascontiguousarray(x).reshape(({shape}))\n")
         return njit(_compile_source(src, "add_axes", {"np": np})), 1
@@ -733,10 +732,9 @@ def register_numba_funcify():
     @register_funcify_default_op_cache_key(RowSlice)
     def numba_funcify_RowSlice(op, node=None, **kwargs):
         names = ["start"] * op.has_start + ["stop"] * op.has_stop
-        start = "start" if op.has_start else ""
-        stop = "stop" if op.has_stop else ""
+        bounds = op._slice(names)
         src = (f"def row_slice(x{''.join(', ' + n for n in names)}):\n"
-               f"    return x[{start}:{stop}]\n")
+               f"    return x[{bounds.start or ''}:{bounds.stop or ''}]\n")
         return njit(_compile_source(src, "row_slice", {})), 1
 
     @register_funcify_default_op_cache_key(SumAcc64)
