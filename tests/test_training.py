@@ -306,19 +306,76 @@ class DeviceModel(Model):
         return jnp.asarray(super().train(i))
 
 
-def test_device_costs_are_read_one_minibatch_late_with_the_same_results():
-    host, device = Model().loop(), DeviceModel().loop()
+class DeviceErrors(Model):
+    """Validation and test errors also returned as JAX arrays, in float64 as PyTensor's are."""
+
+    def error(self, i):
+        import jax.numpy as jnp
+
+        return jnp.asarray(super().error(i), dtype=jnp.float64)
+
+
+class CostRecorder(training.Events):
+    def __init__(self):
+        self.seen = []
+
+    def after_train(self, iter, cost, state):
+        self.seen.append((iter, cost))
+
+
+def test_device_costs_are_read_later_with_the_same_results():
+    host_events, device_events = CostRecorder(), CostRecorder()
+    host, device = Model().loop(events=host_events), DeviceModel().loop(events=device_events)
     assert device.validation_curve == host.validation_curve
     assert (device.best_iter, device.iterations) == (host.best_iter, host.iterations)
     # JAX may hold the cost in float32
     assert device.last_cost == pytest.approx(host.last_cost, rel=1e-6)
+    # every cost reaches the events, in order, once
+    assert [i for i, _ in device_events.seen] == [i for i, _ in host_events.seen] == list(range(30))
+    assert [c for _, c in device_events.seen] == pytest.approx([c for _, c in host_events.seen], rel=1e-6)
+
+
+def test_device_errors_give_the_same_scores_as_host_errors():
+    import jax
+
+    with jax.enable_x64(True):
+        host, device = Model().loop(), DeviceErrors().loop()
+    # the same float64 values, in the same order: the same means, bit for bit
+    assert device.validation_curve == host.validation_curve
+    assert device.test_score == host.test_score
+
+
+def test_host_values_reads_device_scalars_at_once_and_passes_host_values_through():
+    import jax
+    import jax.numpy as jnp
+
+    host = [0.25, np.float64(0.5), np.array(0.125)]
+    assert training._host_values(host) is host
+    with jax.enable_x64(True):
+        values = [jnp.asarray(v, dtype=jnp.float64) for v in (0.1, 0.2, 1 / 3)]
+        read = training._host_values(values)
+    assert isinstance(read, np.ndarray) and read.dtype == np.float64
+    assert read.tolist() == [0.1, 0.2, 1 / 3]
+    costs = [jnp.asarray(v, dtype=jnp.float32) for v in (np.inf, 2.5)]
+    assert training._host_floats(costs) == [math.inf, 2.5]
 
 
 def test_diverged_on_device_names_its_own_iteration():
     model = DeviceModel(blow_up_at=12)
     with pytest.raises(training.Diverged, match="iteration 12 .epoch 3, minibatch 3/5."):
         model.loop()
-    # the device's cost was read once the next minibatch had been started
+    # the device's costs were read together at the next validation, the end of
+    # the epoch: two more minibatches had been started
+    assert model.n == 15
+
+
+def test_device_costs_wait_at_most_device_costs_at_once(monkeypatch):
+    monkeypatch.setattr(training, "DEVICE_COSTS_AT_ONCE", 2)
+    model = DeviceModel(blow_up_at=12)
+    with pytest.raises(training.Diverged, match="iteration 12 "):
+        model.loop()
+    # epoch 3 starts at iteration 10; iterations 10 and 11 were read together,
+    # then 12 and 13
     assert model.n == 14
 
 
