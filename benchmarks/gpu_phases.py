@@ -28,6 +28,9 @@ list, possibly empty):
 
 * ``old``: the training loop of another version of ``training.py``, the
   file ``DLT_PHASES_OLD_TRAINING`` names (an A/B against an earlier version).
+
+``--read-patterns STEPS`` instead times, in one process, ways of reading the
+training costs back from the device (see :func:`read_patterns`).
 """
 
 import time
@@ -163,6 +166,84 @@ def summary(r):
             f"exit {r['wall_s'] - m['main_end']:4.1f} s | {r['best'][:60]}")
 
 
+def read_patterns(dataset, steps, rounds=2):
+    """µs per float32 training step (and per validation call) for ways of reading the costs.
+
+    In one process, with the port's functions on the JAX backend: no read at
+    all; each cost read one minibatch late (the loop before commit f8109eb);
+    100 costs read in turn once 100 have been started; the 100 read in one
+    transfer, stacked on the device (the loop now) or with ``jax.device_get``;
+    and a validation pass's 20 errors read in turn or in one transfer.
+    """
+    import collections
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import pytensor
+
+    from deeplearning_tutorials import datasets
+    from deeplearning_tutorials.testing import lenet5_functions
+
+    arrays = datasets.load_arrays(datasets.locate(dataset))
+    with pytensor.config.change_flags(floatX="float32"):
+        _, train, validate = lenet5_functions(arrays, mode="JAX")
+        float(train(0))
+        float(validate(0))
+    n = arrays[0][0].shape[0] // 500
+    stack = jax.jit(lambda *xs: jnp.stack(xs))
+
+    def grouped(read, k=100):
+        def run():
+            group = []
+            for i in range(steps):
+                group.append(train(i % n))
+                if len(group) == k:
+                    read(group)
+                    group = []
+            if group:
+                read(group)
+        return run
+
+    def late():
+        previous = None
+        for i in range(steps):
+            cost = train(i % n)
+            if previous is not None:
+                float(previous)
+            previous = cost
+        float(previous)
+
+    def none():
+        for i in range(steps):
+            cost = train(i % n)
+        float(cost)
+
+    patterns = {
+        "no read": none,
+        "each one late": late,
+        "100 in turn": grouped(lambda g: [float(c) for c in g]),
+        "100 stacked": grouped(lambda g: [float(c) for c in np.asarray(stack(*g))]),
+        "100 device_get": grouped(lambda g: [float(c) for c in jax.device_get(g)]),
+    }
+    passes = {
+        "valid pass, in turn": lambda: float(np.mean([validate(i) for i in range(20)])),
+        "valid pass, stacked": lambda: float(np.mean(np.asarray(stack(*[validate(i) for i in range(20)])))),
+    }
+    times = collections.defaultdict(list)
+    for _ in range(rounds):
+        for name, run in patterns.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - t0) / steps * 1e6)
+        for name, run in passes.items():
+            t0 = time.perf_counter()
+            for _ in range(steps // 20):
+                run()
+            times[name].append((time.perf_counter() - t0) / (steps // 20 * 20) * 1e6)
+    return dict(times)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
@@ -176,8 +257,14 @@ def main(argv=None):
                         help="LABEL:DIR:VARIANT; runs naming the same DIR share a compile directory")
     parser.add_argument("--epochs", type=int, default=None,
                         help="n_epochs of each run (the tutorial's 200 when omitted)")
+    parser.add_argument("--read-patterns", type=int, default=0, metavar="STEPS",
+                        help="instead of the runs, time ways of reading the costs over STEPS steps")
     args = parser.parse_args(argv)
     out_dir = os.environ.get("OUT")
+    if args.read_patterns:
+        for name, us in read_patterns(args.dataset, args.read_patterns).items():
+            print(f"{name:24s} " + " ".join(f"{u:7.0f}" for u in us) + " us")
+        return 0
     results = []
     with tempfile.TemporaryDirectory() as root:
         for spec in args.runs:
