@@ -24,8 +24,7 @@ list, possibly empty):
   array, the type the checked call would have made);
 * ``xla-cb-off``: ``XLA_FLAGS=--xla_gpu_enable_command_buffer=`` (no CUDA graphs);
 * ``cb1``: ``XLA_FLAGS=--xla_gpu_graph_min_graph_size=1``;
-* ``bginit``: JAX's device backend is started in a thread while MNIST loads.
-
+* ``bginit``: JAX's device backend is started in a thread while MNIST loads;
 * ``old``: the training loop of another version of ``training.py``, the
   file ``DLT_PHASES_OLD_TRAINING`` names (an A/B against an earlier version).
 
@@ -181,11 +180,11 @@ def read_patterns(dataset, steps, rounds=2):
     import jax.numpy as jnp
     import numpy as np
     import pytensor
+    from gpu_lenet5 import _arrays, _pipelined_ms
 
-    from deeplearning_tutorials import datasets
     from deeplearning_tutorials.testing import lenet5_functions
 
-    arrays = datasets.load_arrays(datasets.locate(dataset))
+    arrays = _arrays(dataset)
     with pytensor.config.change_flags(floatX="float32"):
         _, train, validate = lenet5_functions(arrays, mode="JAX")
         float(train(0))
@@ -214,13 +213,8 @@ def read_patterns(dataset, steps, rounds=2):
             previous = cost
         float(previous)
 
-    def none():
-        for i in range(steps):
-            cost = train(i % n)
-        float(cost)
-
     patterns = {
-        "no read": none,
+        "no read": lambda: _pipelined_ms(train, n, steps),
         "each one late": late,
         "100 in turn": grouped(lambda g: [float(c) for c in g]),
         "100 stacked": grouped(lambda g: [float(c) for c in np.asarray(stack(*g))]),
@@ -230,6 +224,7 @@ def read_patterns(dataset, steps, rounds=2):
         "valid pass, in turn": lambda: float(np.mean([validate(i) for i in range(20)])),
         "valid pass, stacked": lambda: float(np.mean(np.asarray(stack(*[validate(i) for i in range(20)])))),
     }
+    n_passes = max(1, steps // 20)  # validation passes of 20 calls
     times = collections.defaultdict(list)
     for _ in range(rounds):
         for name, run in patterns.items():
@@ -238,9 +233,9 @@ def read_patterns(dataset, steps, rounds=2):
             times[name].append((time.perf_counter() - t0) / steps * 1e6)
         for name, run in passes.items():
             t0 = time.perf_counter()
-            for _ in range(steps // 20):
+            for _ in range(n_passes):
                 run()
-            times[name].append((time.perf_counter() - t0) / (steps // 20 * 20) * 1e6)
+            times[name].append((time.perf_counter() - t0) / (n_passes * 20) * 1e6)
     return dict(times)
 
 

@@ -55,6 +55,9 @@ class Recorder(training.Events):
     def new_best(self, epoch, minibatch, n_train_batches, test_score, state):
         self.log.append(("new_best", epoch, minibatch, test_score, state.patience))
 
+    def after_train(self, iter, cost, state):
+        self.log.append(("trained", iter, cost))
+
 
 def run(script, n_train_batches=10, n_epochs=100, patience=20, **kwargs):
     events = kwargs.pop("events", Recorder())
@@ -315,24 +318,18 @@ class DeviceErrors(Model):
         return jnp.asarray(super().error(i), dtype=jnp.float64)
 
 
-class CostRecorder(training.Events):
-    def __init__(self):
-        self.seen = []
-
-    def after_train(self, iter, cost, state):
-        self.seen.append((iter, cost))
-
-
 def test_device_costs_are_read_later_with_the_same_results():
-    host_events, device_events = CostRecorder(), CostRecorder()
+    host_events, device_events = Recorder(), Recorder()
     host, device = Model().loop(events=host_events), DeviceModel().loop(events=device_events)
+    host_costs = [e[1:] for e in host_events.log if e[0] == "trained"]
+    device_costs = [e[1:] for e in device_events.log if e[0] == "trained"]
     assert device.validation_curve == host.validation_curve
     assert (device.best_iter, device.iterations) == (host.best_iter, host.iterations)
     # JAX may hold the cost in float32
     assert device.last_cost == pytest.approx(host.last_cost, rel=1e-6)
     # every cost reaches the events, in order, once
-    assert [i for i, _ in device_events.seen] == [i for i, _ in host_events.seen] == list(range(30))
-    assert [c for _, c in device_events.seen] == pytest.approx([c for _, c in host_events.seen], rel=1e-6)
+    assert [i for i, _ in device_costs] == [i for i, _ in host_costs] == list(range(30))
+    assert [c for _, c in device_costs] == pytest.approx([c for _, c in host_costs], rel=1e-6)
 
 
 def test_device_errors_give_the_same_scores_as_host_errors():
