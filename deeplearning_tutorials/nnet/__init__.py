@@ -71,6 +71,8 @@ def _register_numba_on_first_use():
     @functools.wraps(convert)
     def fgraph_convert(self, *args, **kwargs):
         register_numba()
+        # The order of the graph function's calls, for numba_ahead.
+        self._dlt_order = kwargs.get("order")
         return convert(self, *args, **kwargs)
 
     @functools.wraps(jit_compile)
@@ -80,7 +82,15 @@ def _register_numba_on_first_use():
         from deeplearning_tutorials import numba_ops
 
         entry = numba_ops.entry_point(fn_and_key)
-        return jit_compile(self, fn_and_key) if entry is None else entry
+        if entry is None:
+            return jit_compile(self, fn_and_key)
+        order = getattr(self, "_dlt_order", None)
+        if order is not None:
+            # Its node functions compiled on the second core meanwhile.
+            from deeplearning_tutorials import numba_ahead
+
+            numba_ahead.start(entry, list(order))
+        return entry
 
     fgraph_convert.registers_deeplearning_tutorials = True
     NumbaLinker.fgraph_convert = fgraph_convert
