@@ -62,6 +62,17 @@ def check_floatX(floatX):
     return floatX
 
 
+def _compiles_with_numba() -> bool:
+    """Whether ``pytensor.function`` compiles with Numba under the current flags."""
+    try:
+        from pytensor.compile.mode import get_default_mode
+        from pytensor.link.numba.linker import NumbaLinker
+
+        return isinstance(get_default_mode().linker, NumbaLinker)
+    except Exception:  # a PyTensor without Numba, a mode it cannot build
+        return False
+
+
 def with_flags(function):
     """Give a tutorial function keyword-only ``mode`` and ``floatX`` arguments.
 
@@ -82,6 +93,11 @@ def with_flags(function):
         if check_floatX(floatX) is not None:
             flags["floatX"] = floatX
         with pytensor.config.change_flags(**flags), heap_for_large_arrays():
+            if _compiles_with_numba():
+                # The C kernels' library built while the lesson reads its data.
+                from deeplearning_tutorials.nnet import numba_c
+
+                numba_c.prefetch()
             return function(*args, **kwargs)
 
     signature = inspect.signature(function)

@@ -5,8 +5,9 @@ core, beside the BLAS that uses them all, and make PyTensor's default backend (N
 about twice as slow as the C backends on LeNet5. The C kernels of :mod:`.conv_c` already
 take plain pointers and shapes, and run their loops on the process's thread pool
 (:mod:`.threads_c`), which also runs OpenBLAS's GEMMs. This module compiles the same C
-source, once per source text and compiler, into a small shared library in PyTensor's
-compile directory, and the Numba dispatch of the Ops calls its functions by name.
+source, once per source text and compiler, into two small shared libraries (float32 and
+float64, built at once) in PyTensor's compile directory, and the Numba dispatch of the Ops
+calls their functions by name.
 
 Why by name: PyTensor caches the machine code of its Numba functions on disk. A function
 that calls a C address (a ``ctypes`` pointer) could not be cached, since the address
@@ -33,11 +34,7 @@ import tempfile
 import threading
 import warnings
 
-from deeplearning_tutorials.nnet.conv_c import (
-    PARALLEL_MIN_ELEMENTS,
-    POOL_SUPPORT_CODE,
-    SUPPORT_CODE,
-)
+from deeplearning_tutorials.nnet.conv_c import PARALLEL_MIN_ELEMENTS
 from deeplearning_tutorials.nnet.threads_c import LIBRARIES
 
 #: In every exported symbol: bump when a signature below changes.
@@ -101,10 +98,10 @@ int PREFIXsum_bhw_SFX(intptr_t x, intptr_t z, int64_t B, int64_t C, int64_t HW)
 
 _INIT = r"""
 extern "C" {
-/* Called once, with the GIL held (ctypes.PyDLL): finds SciPy's BLAS and the process's
-   thread pool, the two things that need Python. The pool's threads start at its first
-   parallel loop, as under the C linkers. 0 on success. */
-int PREFIXinit(void)
+/* Called once per library, with the GIL held (ctypes.PyDLL): finds SciPy's BLAS and the
+   process's thread pool, the two things that need Python. The pool's threads start at
+   its first parallel loop, as under the C linkers. 0 on success. */
+int PREFIXinit_SFX(void)
 {
     if (dlt_blas_init() != 0) {
         PyErr_Clear();
@@ -114,6 +111,9 @@ int PREFIXinit(void)
 }
 }
 """
+
+#: The two libraries, one per float type: two compiler runs at once, one per core.
+SUFFIXES = {"float32": ("f32", "float"), "float64": ("f64", "double")}
 
 
 def _exports(sfx, ctype):
@@ -125,24 +125,33 @@ def _exports(sfx, ctype):
     )
 
 
-def source():
-    """The C++ source of the library."""
-    from deeplearning_tutorials import backend
-    from deeplearning_tutorials.nnet.conv_c import _kernels
+def source(dtype=None):
+    """The C++ source of the library of ``dtype`` ('float32' or 'float64'), or of both.
 
-    bias_tanh = backend._BIAS_TANH_TEMPLATE
+    Each library holds its own copy of the support code (the thread pool and SciPy's BLAS,
+    which both find through Python, so the two share them).
+    """
+    from deeplearning_tutorials import backend
+    from deeplearning_tutorials.nnet import conv_c
+
+    if dtype is None:
+        return "".join(source(d) for d in SUFFIXES)
+    sfx, ctype = SUFFIXES[dtype]
+    gemm = "dlt_rm_sgemm" if sfx == "f32" else "dlt_rm_dgemm"
+    tanh = "dlt_fast_tanhf(" if sfx == "f32" else "tanh("
     return (
         "#include <Python.h>\n#include <stdint.h>\n#include <math.h>\n"
-        + SUPPORT_CODE
-        + POOL_SUPPORT_CODE
-        + backend.FAST_TANHF_CODE
-        + _kernels(bias_tanh.replace("TANH(", "dlt_fast_tanhf("), "float", "f32")
-        + _kernels(bias_tanh.replace("TANH(", "tanh("), "double", "f64")
-        + _kernels(backend._SUM_TEMPLATE, "float", "f32")
-        + _kernels(backend._SUM_TEMPLATE, "double", "f64")
-        + _exports("f32", "float")
-        + _exports("f64", "double")
-        + _INIT.replace("PREFIX", _PREFIX)
+        + conv_c.THREADS_CODE
+        + conv_c._BLAS_CODE
+        + (conv_c._AVX512_CONV_CODE if sfx == "f32" else "")
+        + conv_c._kernels(conv_c._KERNELS_TEMPLATE, ctype, sfx, gemm)
+        + conv_c._PICK_CODE
+        + conv_c._kernels(conv_c._POOL_TEMPLATE, ctype, sfx)
+        + (backend.FAST_TANHF_CODE if sfx == "f32" else "")
+        + conv_c._kernels(backend._BIAS_TANH_TEMPLATE.replace("TANH(", tanh), ctype, sfx)
+        + conv_c._kernels(backend._SUM_TEMPLATE, ctype, sfx)
+        + _exports(sfx, ctype)
+        + _INIT.replace("PREFIX", _PREFIX).replace("SFX", sfx)
     )
 
 
@@ -167,40 +176,75 @@ def _compile_command(src_path, lib_path):
 
 
 def _build():
-    """Path of the library, compiled into PyTensor's compile directory if not there yet."""
+    """Paths of the two libraries, compiled into PyTensor's compile directory if not there yet."""
     import pytensor
 
     if not pytensor.config.cxx:
         raise _NoCompiler("no C++ compiler (pytensor.config.cxx is empty)")
-    src = source()
+    sources = {dtype: source(dtype) for dtype in SUFFIXES}
     key = hashlib.sha256(
-        "\0".join([src, " ".join(_compile_command("S", "L")), sys.version]).encode()
+        "\0".join([*sources.values(), " ".join(_compile_command("S", "L")), sys.version]).encode()
     ).hexdigest()[:16]
     folder = os.path.join(pytensor.config.compiledir, "dlt_numba_c", key)
-    lib_path = os.path.join(folder, "libdlt_nbc.so")
-    if os.path.exists(lib_path):
-        return lib_path
+    paths = {dtype: os.path.join(folder, f"libdlt_nbc_{SUFFIXES[dtype][0]}.so")
+             for dtype in SUFFIXES}
+    if all(os.path.exists(path) for path in paths.values()):
+        return paths
     os.makedirs(folder, exist_ok=True)
-    # Build beside the target under a private name, then rename: another process
-    # building at the same time sees either no library or a whole one.
+    # Build beside the targets under private names, then rename: another process
+    # building at the same time sees either no library or a whole one. Both compiler
+    # runs at once: about half the time on two cores.
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        src_path = os.path.join(tmp, "dlt_nbc.cpp")
-        tmp_lib = os.path.join(tmp, "libdlt_nbc.so")
-        with open(src_path, "w") as fh:
-            fh.write(src)
-        done = subprocess.run(
-            _compile_command(src_path, tmp_lib), capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            detail = done.stderr.strip()[-2000:] or "no message"
-            raise RuntimeError(f"{pytensor.config.cxx} exited with status {done.returncode}: "
-                               f"{detail}")
-        os.replace(tmp_lib, lib_path)
-    return lib_path
+        runs = {}
+        for dtype, src in sources.items():
+            src_path = os.path.join(tmp, f"dlt_nbc_{dtype}.cpp")
+            with open(src_path, "w") as fh:
+                fh.write(src)
+            tmp_lib = os.path.join(tmp, os.path.basename(paths[dtype]))
+            runs[dtype] = tmp_lib, subprocess.Popen(
+                _compile_command(src_path, tmp_lib), stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True)
+        failed = None
+        for dtype, (tmp_lib, run) in runs.items():
+            _, stderr = run.communicate()
+            if run.returncode != 0 and failed is None:
+                detail = stderr.strip()[-2000:] or "no message"
+                failed = f"{pytensor.config.cxx} exited with status {run.returncode}: {detail}"
+        if failed:
+            raise RuntimeError(failed)
+        for dtype in sorted(SUFFIXES, reverse=True):  # float32's last: all or nothing
+            os.replace(runs[dtype][0], paths[dtype])
+    return paths
 
 
 _state = {"loaded": None, "error": None}
 _lock = threading.Lock()
+_prefetch = {"thread": None}
+
+
+def prefetch():
+    """Start building the library in a background thread, if it is not loaded yet.
+
+    The build (one run of the C++ compiler, 3 to 5 s, once per compile directory) then
+    goes on beside whatever this process does before it compiles its first function,
+    such as reading MNIST; :func:`load` waits for it. Called when a lesson starts with
+    ``NUMBA`` as its backend (:func:`deeplearning_tutorials.flags.with_flags`).
+    """
+    with _lock:
+        if _state["loaded"] is not None or _prefetch["thread"] is not None:
+            return
+        if os.environ.get("DLT_NUMBA_KERNELS", "c").strip().lower() == "numba":
+            return
+        thread = threading.Thread(target=_build_quietly, name="dlt-numba-c-build", daemon=True)
+        _prefetch["thread"] = thread
+        thread.start()
+
+
+def _build_quietly():
+    try:
+        _build()
+    except Exception:  # load() builds again and reports it
+        pass
 
 #: Values of ``$DLT_NUMBA_KERNELS``: the C library (the default), or Numba's own kernels.
 KERNEL_CHOICES = ("c", "numba")
@@ -227,11 +271,13 @@ def _load():
     try:
         import llvmlite.binding as llvm
 
-        path = _build()
-        lib = ctypes.PyDLL(path)
-        if lib[_PREFIX + "init"]() != 0:
-            raise RuntimeError("SciPy's sgemm/dgemm were not found")
-        llvm.load_library_permanently(path)
+        if _prefetch["thread"] is not None:
+            _prefetch["thread"].join()
+        for dtype, path in _build().items():
+            lib = ctypes.PyDLL(path)
+            if lib[f"{_PREFIX}init_{SUFFIXES[dtype][0]}"]() != 0:
+                raise RuntimeError("SciPy's sgemm/dgemm were not found")
+            llvm.load_library_permanently(path)
     except Exception as exc:  # no compiler, no SciPy BLAS, a failed build
         message = f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, _NoCompiler):  # PyTensor has said so already
