@@ -21,13 +21,16 @@ costs only the child's time, since Numba's cache is keyed by the exact types.
 One child at a time: a function built later (the tutorials build the test, validation and
 training functions one after another) replaces it with a child that has the new graph's
 work too, the largest graph's first (the training function, the first one the tutorials
-call), each graph's in reverse. The child is killed when this process exits (and by the
+call), each graph's in reverse; then the graphs' own functions, the smaller first, so that
+the first validation of a training run, many minibatches later, finds its function
+compiled. The child is killed when this process exits (and by the
 kernel if this process dies first); it writes nothing but Numba's cache files.
 ``$DLT_NUMBA_AHEAD=0`` turns this off; it is off except on Linux, when PyTensor's Numba
 cache is off, and in a process that has started JAX's runtime.
 """
 
 import atexit
+import collections
 import ctypes
 import os
 import re
@@ -39,10 +42,14 @@ import warnings
 #: Graphs with fewer node functions than this are compiled as before.
 MIN_JOBS = 8
 
+#: The child works for this many of the latest graphs not yet called, at most.
+MAX_GRAPHS = 4
+
 _CALL = re.compile(r"^ {4}([\w, ]+) = (\w+)\(([\w, ]*)\)$")
 
 _lock = threading.Lock()
-_state = {"jobs": [], "child": None, "pids": []}
+_state = {"graphs": [], "child": None, "pids": []}
+_Graph = collections.namedtuple("_Graph", "entry nodes entry_types")
 
 
 def enabled() -> bool:
@@ -100,6 +107,18 @@ def node_signatures(graph_fn, order):
     of calls, one per node of ``order``); only node functions that PyTensor caches are
     listed. Returns [] when the source does not read as expected.
     """
+    return _read(graph_fn, order)[0]
+
+
+def entry_signature(graph_fn, order):
+    """The argument types of the graph function itself, as its first call passes them.
+
+    None when some are not known.
+    """
+    return _read(graph_fn, order)[1]
+
+
+def _read(graph_fn, order):
     import numba
     from numba.core.caching import NullCache
 
@@ -107,7 +126,7 @@ def node_signatures(graph_fn, order):
     env = graph_fn.py_func.__globals__
     calls = [m.groups() for m in map(_CALL.match, source.splitlines()) if m]
     if len(calls) != len(order):
-        return []
+        return [], None
     params = re.match(r"def \w+\(([\w, ]*)\):", source.lstrip())
     names = [p.strip() for p in params.group(1).split(",")] if params else []
     types = {}  # variable -> predicted Numba type
@@ -117,7 +136,7 @@ def node_signatures(graph_fn, order):
         args = [a.strip() for a in args.split(",") if a.strip()]
         outs = [o.strip() for o in outs.split(",") if o.strip()]
         if len(args) != len(node.inputs) or len(outs) != len(node.outputs):
-            return []
+            return [], None
         arg_types = []
         for name, var in zip(args, node.inputs):
             if name in names and var not in types:
@@ -146,7 +165,10 @@ def node_signatures(graph_fn, order):
         if key not in seen:
             seen.add(key)
             jobs.append((func, tuple(folded)))
-    return jobs
+    params = [types.get(by_name.get(name)) for name in names]
+    if not names or None in params or isinstance(graph_fn._cache, NullCache):
+        return jobs, None
+    return jobs, tuple(graph_fn._compiler.fold_argument_types(tuple(params), {})[1])
 
 
 def start(entry, order):
@@ -158,15 +180,22 @@ def start(entry, order):
     try:
         if not enabled():
             return None
-        jobs = node_signatures(entry, order)
+        jobs, entry_types = _read(entry, order)
         if len(jobs) < MIN_JOBS:
             return None
         with _lock:
             _stop_child()
-            _state["jobs"].append(jobs)
-            # The largest graph first, each graph's nodes last to first.
-            work = [job for graph in sorted(_state["jobs"], key=len, reverse=True)
-                    for job in reversed(graph)]
+            # Graphs already called have been compiled here; of the rest, the latest few.
+            pending = [g for g in _state["graphs"] if not g.entry.overloads]
+            pending.append(_Graph(entry, jobs, entry_types))
+            _state["graphs"] = pending[-MAX_GRAPHS:]
+            graphs = sorted(_state["graphs"], key=lambda g: len(g.nodes), reverse=True)
+            # The largest graph's nodes first, each graph's nodes last to first; then the
+            # graph functions themselves, the largest last (its first call is likely on
+            # the way already), so that a later first call finds them in the cache.
+            work = [job for g in graphs for job in reversed(g.nodes)]
+            work += [(g.entry, g.entry_types) for g in reversed(graphs)
+                     if g.entry_types is not None]
             pid = _fork(work)
             _state["child"] = pid
             return pid
