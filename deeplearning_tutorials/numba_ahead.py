@@ -100,14 +100,15 @@ def _predicted_type(var, types):
     return predicted
 
 
-def node_signatures(graph_fn, order):
+def node_signatures(graph_fn, order, uncached_only=False):
     """``[(dispatcher, argument types)]`` of a graph function's node calls, in call order.
 
     ``graph_fn`` is the Numba function PyTensor wrote for the graph (its source is a list
     of calls, one per node of ``order``); only node functions that PyTensor caches are
-    listed. Returns [] when the source does not read as expected.
+    listed, and with ``uncached_only`` only those not in the cache yet. Returns [] when
+    the source does not read as expected.
     """
-    return _read(graph_fn, order)[0]
+    return _read(graph_fn, order, uncached_only)[0]
 
 
 def entry_signature(graph_fn, order):
@@ -118,7 +119,7 @@ def entry_signature(graph_fn, order):
     return _read(graph_fn, order)[1]
 
 
-def _read(graph_fn, order):
+def _read(graph_fn, order, uncached_only=False):
     import numba
     from numba.core.caching import NullCache
 
@@ -157,7 +158,8 @@ def _read(graph_fn, order):
             by_name[name] = var
         func = env.get(func_name)
         if (not isinstance(func, numba.core.dispatcher.Dispatcher)
-                or isinstance(func._cache, NullCache) or None in arg_types):
+                or isinstance(func._cache, NullCache) or None in arg_types
+                or (uncached_only and _cached(func))):
             continue
         # As Numba types a call: ``*args`` folded into one tuple.
         _, folded = func._compiler.fold_argument_types(tuple(arg_types), {})
@@ -171,6 +173,13 @@ def _read(graph_fn, order):
     return jobs, tuple(graph_fn._compiler.fold_argument_types(tuple(params), {})[1])
 
 
+def _cached(func):
+    """Whether Numba's cache holds code of ``func`` (its index file exists)."""
+    index = getattr(getattr(getattr(func, "_cache", None), "_cache_file", None),
+                    "_index_path", None)
+    return index is not None and os.path.exists(index)
+
+
 def start(entry, order):
     """Fork a child that compiles ``entry``'s node functions (see the module's note).
 
@@ -178,9 +187,9 @@ def start(entry, order):
     order. Never raises; returns the child's pid, or None when nothing was forked.
     """
     try:
-        if not enabled():
+        if not enabled() or _cached(entry):  # a warm start: nothing to compile
             return None
-        jobs, entry_types = _read(entry, order)
+        jobs, entry_types = _read(entry, order, uncached_only=True)
         if len(jobs) < MIN_JOBS:
             return None
         with _lock:

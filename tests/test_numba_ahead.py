@@ -154,6 +154,10 @@ def test_the_first_call_loads_what_the_child_compiled(tmp_path):
     assert alone_misses >= numba_ahead.MIN_JOBS
     assert _field(ahead, "costs") == _field(alone, "costs")
     assert _gone(int(child))
+    # A warm start has nothing to compile: no child.
+    warm = _run(tmp_path / "ahead", "go", check=True).stdout
+    assert _field(warm, "child").split()[0] == "None" and _field(warm, "entry") == "1 0"
+    assert _field(warm, "costs") == _field(alone, "costs")
 
 
 def test_the_child_dies_with_a_killed_parent(tmp_path):
