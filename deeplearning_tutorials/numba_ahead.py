@@ -48,8 +48,19 @@ MAX_GRAPHS = 4
 _CALL = re.compile(r"^ {4}([\w, ]+) = (\w+)\(([\w, ]*)\)$")
 
 _lock = threading.Lock()
-_state = {"graphs": [], "child": None, "pids": []}
+_state = {"graphs": [], "child": None, "pids": [], "atexit": False}
 _Graph = collections.namedtuple("_Graph", "entry nodes entry_types")
+
+
+def _forget():
+    """In any forked process: the children and the graphs are the parent's, not its own."""
+    global _lock
+    _lock = threading.Lock()
+    _state.update(graphs=[], child=None, pids=[])
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget)
 
 
 def enabled() -> bool:
@@ -216,8 +227,9 @@ def start(entry, order):
 
 def _fork(work):
     parent = os.getpid()
-    if not _state["pids"]:
+    if not _state["atexit"]:
         atexit.register(_stop_all)
+        _state["atexit"] = True
     with warnings.catch_warnings():
         # Python 3.12 warns that a fork of a process with threads (OpenBLAS's) may
         # deadlock; the child only runs Numba's compiler, which takes no lock they hold.

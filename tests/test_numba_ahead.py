@@ -184,3 +184,25 @@ def test_a_finished_run_leaves_no_child(tmp_path):
     out = _run(tmp_path, "go", check=True, timeout=600).stdout
     assert _gone(int(_field(out, "child").split()[0]))
     assert np.isfinite(eval(_field(out, "costs"))).all()
+
+
+_FORK_SCRIPT = r"""
+import os
+from deeplearning_tutorials import numba_ahead
+numba_ahead._state.update(child=4242, pids=[4242])
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.write(write, repr((numba_ahead._state["child"], numba_ahead._state["pids"])).encode())
+    os._exit(0)
+os.waitpid(pid, 0)
+print(os.read(read, 100).decode(), numba_ahead._state["pids"])
+numba_ahead._state.update(child=None, pids=[])
+"""
+
+
+def test_another_fork_of_the_process_does_not_own_its_children():
+    """A process forked for something else must not kill the child at its exit."""
+    out = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["(None,", "[])", "[4242]"]
