@@ -1,4 +1,4 @@
-"""Stand-ins that Numba compiles quickly, for nine PyTensor Ops in Numba graphs.
+"""Stand-ins that Numba compiles quickly, for ten PyTensor Ops in Numba graphs.
 
 Port note: PyTensor's Numba backend compiles one Numba function per node of a
 graph, one after the other, and a cold first call of LeNet5's training
@@ -15,7 +15,10 @@ rest, not because they compute much but because of how PyTensor writes them:
 * the negative log-likelihood's ``x[arange(n), y]`` (``AdvancedSubtensor``)
   and its gradient (``AdvancedIncSubtensor``) go through Numba's general
   fancy indexing (3 s);
-* ``Sum`` with a float64 accumulator goes through the generic reduction (5 s).
+* ``Sum`` with a float64 accumulator goes through the generic reduction (5 s);
+* ``Dot`` of two matrices goes through PyTensor's general BLAS product, which
+  handles every stride and layout in one function (4.5 s for LeNet5's six
+  products, on the twelfth session's machine).
 
 And some cost the nodes after them: ``DimShuffle`` (a bias's new axes, a
 weight matrix's transpose) and ``Subtensor`` (the minibatch's rows) return
@@ -40,7 +43,9 @@ with the NumPy view whose layout Numba knows:
   from a C-ordered input);
 * :class:`Transposed`: the transpose of a matrix (``x.T``: Fortran-ordered from
   a C-ordered input);
-* :class:`RowSlice`: ``x[start:stop]`` (C-ordered from a C-ordered input).
+* :class:`RowSlice`: ``x[start:stop]`` (C-ordered from a C-ordered input);
+* :class:`MatMul`: ``dot`` of two matrices of one float dtype, the same BLAS
+  call as PyTensor's, made from the C kernels' library.
 
 They keep PyTensor's arithmetic: the same float64 accumulator for the sums, the
 maximum subtracted before the exponential, a float32 ``log`` of the float32
@@ -68,7 +73,7 @@ from pytensor.graph.op import Op
 from pytensor.graph.rewriting.basic import copy_stack_trace, in2out, node_rewriter
 from pytensor.tensor.basic import Alloc, infer_static_shape
 from pytensor.tensor.elemwise import DimShuffle
-from pytensor.tensor.math import Sum
+from pytensor.tensor.math import Dot, Sum
 from pytensor.tensor.shape import SpecifyShape
 from pytensor.tensor.special import LogSoftmax, Softmax
 from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor, Subtensor
@@ -77,8 +82,9 @@ from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor, S
 # them) when PyTensor's Numba backend first converts a graph.
 import deeplearning_tutorials.nnet  # noqa: E402, F401
 
-__all__ = ["AddAxes", "CheckShape", "Fill", "PairInc", "PairTake", "RowSlice", "RowSoftmax", "SumAcc64",
-           "Transposed", "entry_point",
+__all__ = ["AddAxes", "CheckShape", "Fill", "MatMul", "PairInc", "PairTake", "RowSlice", "RowSoftmax",
+           "SumAcc64",
+           "Transposed", "entry_point", "quick_final_pass",
            "is_matrix_pair", "local_quick_numba_ops", "register_numba_funcify"]
 
 FLOATS = ("float32", "float64")
@@ -441,6 +447,42 @@ class RowSlice(Op):
 
 
 # --------------------------------------------------------------------------
+# The product of two matrices
+# --------------------------------------------------------------------------
+
+
+class MatMul(Op):
+    """``dot(x, y)`` of two matrices of one float dtype (PyTensor's ``Dot`` of matrices).
+
+    Its Numba function asks the BLAS (SciPy's, as PyTensor's does) for the product
+    through the C kernels' library (:mod:`.nnet.numba_c`): the same ``sgemm`` or
+    ``dgemm`` call as PyTensor's own Numba ``Dot`` makes for C- and Fortran-ordered
+    operands, in a function that Numba compiles in a fraction of the time.
+    """
+
+    __props__ = ()
+
+    def make_node(self, x, y):
+        x, y = map(pt.as_tensor_variable, (x, y))
+        if x.ndim != 2 or y.ndim != 2 or x.type.dtype not in FLOATS or y.type.dtype != x.type.dtype:
+            raise TypeError("MatMul takes two float matrices of one dtype")
+        if None not in (x.type.shape[1], y.type.shape[0]) and x.type.shape[1] != y.type.shape[0]:
+            raise TypeError(f"MatMul: shapes {x.type.shape} and {y.type.shape} are not aligned")
+        return Apply(self, [x, y], [pt.tensor(dtype=x.type.dtype,
+                                              shape=(x.type.shape[0], y.type.shape[1]))])
+
+    def perform(self, node, inputs, outputs):
+        x, y = inputs
+        if x.shape[1] != y.shape[0]:
+            raise ValueError("dot: the matrices' shapes are not aligned")
+        outputs[0][0] = np.asarray(np.dot(x, y), dtype=node.outputs[0].type.dtype)
+
+    def infer_shape(self, *args):
+        node, shapes = args[-2:]
+        return [(shapes[0][0], shapes[1][1])]
+
+
+# --------------------------------------------------------------------------
 # The rewrite
 # --------------------------------------------------------------------------
 
@@ -499,6 +541,11 @@ def _replacement(node):
         (entry,) = op.idx_list if len(op.idx_list) == 1 else (None,)
         if isinstance(entry, slice) and entry.step is None:
             return RowSlice(entry.start is not None, entry.stop is not None)(x, *bounds)
+    elif isinstance(op, Dot):
+        x, y = node.inputs
+        if (x.ndim == 2 and y.ndim == 2 and x.type.dtype in FLOATS
+                and y.type.dtype == x.type.dtype == node.outputs[0].type.dtype):
+            return MatMul()(x, y)
     elif isinstance(op, Sum):
         (x,) = node.inputs
         axis = tuple(range(x.ndim)) if op.axis is None else tuple(sorted(op.axis))
@@ -510,7 +557,7 @@ def _replacement(node):
 
 
 @node_rewriter([Softmax, LogSoftmax, AdvancedSubtensor, AdvancedIncSubtensor, Alloc,
-                SpecifyShape, Sum, DimShuffle, Subtensor])
+                SpecifyShape, Sum, DimShuffle, Subtensor, Dot])
 def local_quick_numba_ops(fgraph, node):
     """Replace the node by this module's Op when it has the shapes that Op handles.
 
@@ -545,7 +592,52 @@ optdb.register(
 
 #: Appended to PyTensor's cache key of a graph compiled by :func:`entry_point`,
 #: so that its cached machine code never mixes with PyTensor's own layout.
-ENTRY_POINT_SALT = "dlt_entry1"
+ENTRY_POINT_SALT = "dlt_entry2"
+
+#: Names of the Numba code libraries whose final LLVM pass is the quick one
+#: (:func:`quick_final_pass`): the graphs' own functions.
+QUICK_LIBRARIES = set()
+
+
+def quick_final_pass():
+    """Make Numba's final LLVM pass over a graph's own function the quick one, once per process.
+
+    Port note: Numba links the optimised code of every function a function calls
+    into that function's module, then optimises the whole module again (LLVM's
+    full pipeline, with inlining) before it emits its machine code. For the
+    function of a graph, which does nothing but call its nodes' functions in
+    turn, that second pass optimises again the code of every node, already
+    optimised in its own module: about 2 s of a cold first call of LeNet5's
+    training function on a 2-core machine, for a step no faster. The graphs'
+    functions (the libraries named in :data:`QUICK_LIBRARIES`, which
+    :func:`entry_point` fills) get only Numba's first, cheap pass (its inlining
+    of what must be inlined and its pruning of reference counts); their nodes'
+    code is the code their own modules optimised. Every other library keeps
+    Numba's two passes.
+    """
+    from numba.core import codegen
+
+    cls = codegen.CPUCodeLibrary
+    if getattr(cls._optimize_final_module, "dlt_quick", False):
+        return
+    full = cls._optimize_final_module
+
+    def _optimize_final_module(self):
+        if self.name not in QUICK_LIBRARIES:
+            return full(self)
+        from numba.core import config
+
+        cheap, builder = self._codegen._module_pass_manager(
+            loop_vectorize=False, slp_vectorize=False, opt=0, cost="cheap")
+        with self._recorded_timings.record("Module passes (cheap optimization for refprune)",
+                                           builder):
+            cheap.run(self._final_module, builder)
+        if not config.LLVM_REFPRUNE_PASS:
+            self._final_module = codegen.remove_redundant_nrt_refct(self._final_module)
+        return None
+
+    _optimize_final_module.dlt_quick = True
+    cls._optimize_final_module = _optimize_final_module
 
 
 def entry_point(fn_and_key):
@@ -562,8 +654,9 @@ def entry_point(fn_and_key):
     is generated source without closures, which Numba can cache by itself: it
     is compiled here, from the same source and globals, as the entry point,
     with PyTensor's cache key (salted with :data:`ENTRY_POINT_SALT`) and
-    PyTensor's options for an entry point. Same code, same results; a warm
-    start still loads it from PyTensor's cache.
+    PyTensor's options for an entry point, and with the quick final LLVM pass
+    of :func:`quick_final_pass`. Same results; a warm start still loads it
+    from PyTensor's cache.
 
     ``fn_and_key`` is what PyTensor's linker passes to ``jit_compile``. Returns
     None (and PyTensor compiles as usual) when the graph cannot be cached, when
@@ -582,6 +675,8 @@ def entry_point(fn_and_key):
     source = getattr(graph_fn, "__source__", None)
     if source is None or graph_fn.__closure__ or wrapper.__name__ != graph_fn.__name__:
         return None
+    quick_final_pass()
+    QUICK_LIBRARIES.add(graph_fn.__name__)
     entry = compile_numba_function_src(
         source, graph_fn.__name__, global_env=graph_fn.__globals__,
         cache_key=f"{key}_fastmath{int(pytensor.config.numba__fastmath)}_{ENTRY_POINT_SALT}",
@@ -736,6 +831,18 @@ def register_numba_funcify():
         src = (f"def row_slice(x{''.join(', ' + n for n in names)}):\n"
                f"    return x[{bounds.start or ''}:{bounds.stop or ''}]\n")
         return njit(_compile_source(src, "row_slice", {})), 1
+
+    @register_funcify_default_op_cache_key(MatMul)
+    def numba_funcify_MatMul(op, node=None, **kwargs):
+        from deeplearning_tutorials.nnet import numba_kernels as nk
+
+        product, salt = nk.kernel_and_salt(nk.matmul, nk.matmul)
+
+        @njit
+        def matmul(x, y):
+            return product(x, y)
+
+        return matmul, salt
 
     @register_funcify_default_op_cache_key(SumAcc64)
     def numba_funcify_SumAcc64(op, node=None, **kwargs):

@@ -23,6 +23,7 @@ from deeplearning_tutorials.numba_ops import (
     AddAxes,
     CheckShape,
     Fill,
+    MatMul,
     PairInc,
     PairTake,
     RowSlice,
@@ -30,6 +31,7 @@ from deeplearning_tutorials.numba_ops import (
     SumAcc64,
     Transposed,
     entry_point,
+    QUICK_LIBRARIES,
 )
 
 RTOL = {"float64": 1e-12, "float32": 1e-6}
@@ -100,7 +102,8 @@ def test_the_c_and_jax_backends_do_not_get_these_ops():
     nll = -pt.mean(pt.log(softmax(x, axis=1))[pt.arange(y.shape[0]), y])
     for mode in ("CVM", "JAX"):
         fn = pytensor.function([x, y], [nll, pytensor.grad(nll, x)], mode=mode)
-        assert not set(_ops(fn)) & {RowSoftmax, PairTake, PairInc, Fill, SumAcc64, CheckShape}
+        assert not set(_ops(fn)) & {RowSoftmax, PairTake, PairInc, Fill, SumAcc64, CheckShape,
+                                    MatMul}
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -277,6 +280,47 @@ def test_new_axes_and_slices_give_numba_c_ordered_arrays():
     assert layouts == ["C", "F", "C"]
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_matrix_products_in_every_layout(dtype):
+    # C-ordered operands, Fortran-ordered ones (a transpose), strided ones (every other
+    # row), and the empty ones, against NumPy; with the C library, through the BLAS.
+    x, y = pt.matrix(dtype=dtype), pt.matrix(dtype=dtype)
+    outs = [pt.dot(x, y), pt.dot(y.T, x.T), pt.dot(x[::2], y)]
+    fn = _numba([x, y], outs)
+    assert _ops(fn).count(MatMul) == 3
+    rng = np.random.default_rng(1)
+    for m, k, n in [(7, 5, 3), (1, 4, 1), (6, 1, 2), (4, 0, 3), (0, 3, 2), (5, 3, 0)]:
+        xd = rng.normal(size=(m, k)).astype(dtype)
+        yd = rng.normal(size=(k, n)).astype(dtype)
+        want = [xd @ yd, yd.T @ xd.T, xd[::2] @ yd]
+        for got, w in zip(fn(xd, yd), want):
+            assert got.dtype == dtype and got.shape == w.shape
+            np.testing.assert_allclose(got, w, rtol=RTOL[dtype], atol=RTOL[dtype])
+    with pytest.raises(ValueError, match="not aligned"):
+        fn(np.ones((2, 3), dtype=dtype), np.ones((4, 2), dtype=dtype))
+    py = pytensor.function([x, y], MatMul()(x, y), mode=PY)
+    np.testing.assert_allclose(py(xd, yd), xd @ yd, rtol=RTOL[dtype])
+    with pytest.raises(TypeError):
+        MatMul()(x, pt.vector(dtype=dtype))
+    with pytest.raises(TypeError):
+        MatMul()(pt.matrix(dtype=dtype, shape=(2, 3)), pt.matrix(dtype=dtype, shape=(4, 2)))
+
+
+def test_products_of_mixed_or_integer_dtypes_keep_pytensors_dot():
+    from pytensor.tensor.math import Dot
+
+    from deeplearning_tutorials.numba_ops import _replacement
+
+    x, v, xf = pt.matrix(), pt.vector(), pt.matrix(dtype="float32")
+    assert _replacement(Dot()(xf, x).owner) is None
+    assert _replacement(Dot()(pt.lmatrix(), pt.lmatrix()).owner) is None
+    assert isinstance(_replacement(Dot()(xf, xf).owner).owner.op, MatMul)
+    fn = _numba([x, v, xf], [pt.dot(x, v), pt.dot(xf, x)])
+    got = fn(np.ones((2, 3)), np.arange(3.0), np.ones((2, 2), dtype="float32"))
+    np.testing.assert_allclose(got[0], [3.0, 3.0])
+    np.testing.assert_allclose(got[1], 2 * np.ones((2, 3)))
+
+
 def test_lenet5_training_graph_on_numba_uses_them(mnist_pkl):
     """The training function of LeNet5 on Numba has none of the slow-to-compile nodes left."""
     from pytensor.tensor.basic import Alloc
@@ -296,7 +340,7 @@ def test_lenet5_training_graph_on_numba_uses_them(mnist_pkl):
     slow = (Softmax, LogSoftmax, Alloc, SpecifyShape, AdvancedSubtensor, AdvancedIncSubtensor, Sum)
     assert not [op for op in ops if issubclass(op, slow) or op in (DimShuffle, Subtensor)]
     for op in (RowSoftmax, PairTake, PairInc, Fill, CheckShape, SumAcc64, AddAxes, Transposed,
-               RowSlice):
+               RowSlice, MatMul):
         assert op in ops, op
 
 
@@ -333,6 +377,50 @@ def test_the_graphs_function_is_the_cached_entry_point(tmp_path):
     names = os.listdir(tmp_path / "numba")
     assert any(n.startswith("string.numba_funcified_fgraph-") and ENTRY_POINT_SALT in n
                for n in names)
+
+
+_QUICK_SCRIPT = """
+import numpy as np, pytensor, pytensor.tensor as pt
+from numba.core import codegen
+import deeplearning_tutorials.numba_ops as ops
+x = pt.matrix("x")
+w = pytensor.shared(np.linspace(-1, 1, 6).reshape(3, 2))
+f = pytensor.function([x], pt.tanh(pt.dot(x, w)).sum(), mode="NUMBA")
+# Which of Numba's module pass managers each library's final pass asks for.
+asked, passes = [], []
+managers = codegen.CPUCodegen._module_pass_manager
+def spy(self, **kwargs):
+    asked.append(kwargs.get("cost", "full"))
+    return managers(self, **kwargs)
+codegen.CPUCodegen._module_pass_manager = spy
+final = codegen.CPUCodeLibrary._optimize_final_module
+def record(self):
+    n = len(asked)
+    final(self)
+    passes.append((self.name, ",".join(asked[n:])))
+codegen.CPUCodeLibrary._optimize_final_module = record
+value = f(np.ones((4, 3)))
+print(repr(float(value)), ",".join(sorted(ops.QUICK_LIBRARIES)))
+for name, done in passes:
+    print(name, "|", done)
+"""
+
+
+def test_the_graphs_function_gets_only_the_quick_final_pass(tmp_path):
+    # A fresh compile directory, so that Numba compiles every function: the graph's
+    # own function gets Numba's cheap module pass only, its nodes both passes.
+    env = dict(os.environ, PYTENSOR_FLAGS=f"base_compiledir={tmp_path}", DLT_NUMBA_AHEAD="0")
+    env.pop("NUMBA_CACHE_DIR", None)
+    out = subprocess.run([sys.executable, "-c", _QUICK_SCRIPT], env=env, capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    value, quick = out[0].split(maxsplit=1)
+    want = np.tanh(np.ones((4, 3)) @ np.linspace(-1, 1, 6).reshape(3, 2)).sum()
+    assert float(value) == pytest.approx(want, rel=1e-12)
+    assert quick == "numba_funcified_fgraph"
+    passes = [line.split(" | ") for line in out[1:]]
+    assert [done for name, done in passes if name == "numba_funcified_fgraph"] == ["cheap"]
+    nodes = [done for name, done in passes if name != "numba_funcified_fgraph"]
+    assert nodes and set(nodes) == {"cheap,full"}
 
 
 def test_entry_point_leaves_graphs_it_cannot_cache_to_pytensor():

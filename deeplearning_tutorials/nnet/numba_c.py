@@ -85,6 +85,16 @@ int PREFIXbias_tanh_SFX(intptr_t x, intptr_t b, intptr_t z, int64_t B, int64_t C
     dlt_parallel(dlt_bias_tanh_task_SFX, &a, B * C * HW >= PARALLEL_MIN ? B * C : 1);
     return 0;
 }
+/* c (M, N) = op(a) (M, K) @ op(b) (K, N), row-major, op a transpose where ta or tb is 'T'
+   (the dot of two matrices: numba_ops.MatMul). The product is the one PyTensor's own
+   Numba dot asks of the same BLAS for C- and Fortran-ordered operands. */
+int PREFIXgemm_SFX(intptr_t a, intptr_t b, intptr_t c, int64_t ta, int64_t tb, int64_t M,
+                   int64_t N, int64_t K, int64_t lda, int64_t ldb)
+{
+    GEMM((char)ta, (char)tb, (int)M, (int)N, (int)K, 1, (const DLT_T*)a, (int)lda,
+         (const DLT_T*)b, (int)ldb, 0, (DLT_T*)c, (int)N);
+    return 0;
+}
 /* z (C) = x.sum(axis=(0, 2)) of x (B, C, HW), in double (SumOverBatchAndSpace). */
 int PREFIXsum_bhw_SFX(intptr_t x, intptr_t z, int64_t B, int64_t C, int64_t HW)
 {
@@ -122,6 +132,7 @@ def _exports(sfx, ctype):
         .replace("PARALLEL_MIN", str(PARALLEL_MIN_ELEMENTS))
         .replace("SFX", sfx)
         .replace("DLT_T", ctype)
+        .replace("GEMM(", "dlt_rm_sgemm(" if sfx == "f32" else "dlt_rm_dgemm(")
     )
 
 
@@ -158,7 +169,7 @@ def source(dtype=None):
 def symbol(kind, dtype):
     """The exported name of kernel ``kind`` for ``dtype``.
 
-    ``kind``: conv_fwd, conv_gi, conv_gw, pool, bias_tanh or sum_bhw.
+    ``kind``: conv_fwd, conv_gi, conv_gw, pool, bias_tanh, sum_bhw or gemm.
     """
     return f"{_PREFIX}{kind}_{'f32' if dtype == 'float32' else 'f64'}"
 

@@ -408,7 +408,7 @@ def max_pool_grad_3d(x3, out3, gz3, wh, ww):
 # Numba function does not hold the dtypes), and the Numba kernel above for any other
 # dtype, or when the library is not loaded.
 _C_ARGS = {"conv_fwd": (3, 7), "conv_gi": (3, 7), "conv_gw": (3, 7), "pool": (4, 7),
-           "bias_tanh": (3, 3), "sum_bhw": (2, 3)}
+           "bias_tanh": (3, 3), "sum_bhw": (2, 3), "gemm": (3, 7)}
 
 # Bump when a kernel changes, so that PyTensor's on-disk cache is not reused stale.
 _VERSION = 10
@@ -630,6 +630,53 @@ def _ol_c_sum_over_batch_and_space(x):
         return z
 
     return impl
+
+
+def matmul(x, y):
+    """``x @ y`` of two matrices of one float dtype (Numba only; NumPy's ``dot`` without C)."""
+    raise NotImplementedError("only callable from Numba")
+
+
+# The BLAS form of an operand: a C-ordered matrix as it is ('N', its rows' length), a
+# Fortran-ordered one as the transpose of a C-ordered one ('T', its columns' length); any
+# other layout is copied C-ordered first. Chosen when Numba types the call, by layout.
+_MATMUL_OPERAND = {
+    "F": "{v}b = {v}\n    t{v} = 84\n    ld{v} = {v}.shape[0]\n",
+    "C": "{v}b = {v}\n    t{v} = 78\n    ld{v} = {v}.shape[1]\n",
+    "A": "{v}b = np.ascontiguousarray({v})\n    t{v} = 78\n    ld{v} = {v}.shape[1]\n",
+}
+
+_MATMUL_SOURCE = """
+def impl(x, y):
+    M, K = x.shape
+    N = y.shape[1]
+    if y.shape[0] != K:
+        raise ValueError("dot: the matrices' shapes are not aligned")
+    if M > 2147483647 or N > 2147483647 or K > 2147483647:
+        raise ValueError("dot: a matrix too large for the BLAS's 32-bit sizes")
+    out = np.empty((M, N), dtype=x.dtype)
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        for i in range(M):
+            for j in range(N):
+                out[i, j] = 0
+        return out
+    {X}    {Y}    fn(xb.ctypes.data, yb.ctypes.data, out.ctypes.data, tx, ty, M, N, K, ldx, ldy)
+    return out
+"""
+
+
+@numba.extending.overload(matmul)
+def _ol_matmul(x, y):
+    fn = _c_function("gemm", x.dtype)
+    if fn is None or y.dtype != x.dtype or x.ndim != 2 or y.ndim != 2:
+        return lambda x, y: np.dot(x, y)
+    src = _MATMUL_SOURCE.replace("{X}", _MATMUL_OPERAND[x.layout].format(v="x")).replace(
+        "{Y}", _MATMUL_OPERAND[y.layout].format(v="y"))
+    namespace = {"np": np, "fn": fn}
+    exec(compile(src, "<deeplearning_tutorials.nnet.numba_kernels.matmul>", "exec"), namespace)
+    return namespace["impl"]
 
 
 def register_numba_dispatch():
