@@ -83,8 +83,7 @@ from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor, S
 import deeplearning_tutorials.nnet  # noqa: E402, F401
 
 __all__ = ["AddAxes", "CheckShape", "Fill", "MatMul", "PairInc", "PairTake", "RowSlice", "RowSoftmax",
-           "SumAcc64",
-           "Transposed", "entry_point", "quick_final_pass",
+           "SumAcc64", "Transposed", "entry_point", "quick_final_pass",
            "is_matrix_pair", "local_quick_numba_ops", "register_numba_funcify"]
 
 FLOATS = ("float32", "float64")
