@@ -83,28 +83,25 @@ def run_port(mode, floatX, dataset, steps):
     """One configuration of the port, in this process; returns a dict of figures."""
     import pytensor
 
-    from deeplearning_tutorials import numba_ahead
-    from deeplearning_tutorials.backend import heap_for_large_arrays, openblas_cores
+    from pytensor.compile.mode import get_mode
+
+    from deeplearning_tutorials import modes  # noqa: F401 (registers the DLT_ modes)
     from deeplearning_tutorials.testing import lenet5_functions
 
     data = _arrays(dataset, n_train=4 * BATCH)
-    # As the lessons run (flags.with_flags): large arrays from the heap.
-    with pytensor.config.change_flags(floatX=floatX, mode=mode), heap_for_large_arrays():
+    # As the lessons run (flags.with_flags): the mode set globally.
+    with pytensor.config.change_flags(floatX=floatX, mode=get_mode(mode)):
         t0 = time.perf_counter()
-        _, train_model, validate_model = lenet5_functions(data, mode=mode)
+        _, train_model, validate_model = lenet5_functions(data)
         float(train_model(0))
         compile_s = time.perf_counter() - t0
         float(validate_model(0))
-        # On NUMBA a child process may still be compiling the graphs' functions ahead
-        # (numba_ahead) on the other core: the steps are timed once it has finished.
-        numba_ahead.wait(timeout=600)
         train_ms = _time_steps(train_model, 4, steps)
         t0 = time.perf_counter()
         for i in range(20):
             float(validate_model(i))
         valid_ms = (time.perf_counter() - t0) * 1e3
-    blas = ", ".join(sorted(set(openblas_cores().values()))) or "?"
-    return {"compile_s": compile_s, "train_ms": train_ms, "valid_ms": valid_ms, "openblas": blas}
+    return {"compile_s": compile_s, "train_ms": train_ms, "valid_ms": valid_ms}
 
 
 def run_torch(floatX, dataset, steps):

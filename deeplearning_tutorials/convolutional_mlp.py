@@ -29,7 +29,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-from deeplearning_tutorials import cli, training
+from deeplearning_tutorials import cli, flags, training
 from deeplearning_tutorials.flags import with_flags
 from deeplearning_tutorials.logistic_sgd import LogisticRegression, load_data
 from deeplearning_tutorials.mlp import HiddenLayer
@@ -73,9 +73,10 @@ class LeNetConvPoolLayer:
         # each unit in the lower layer receives a gradient from:
         # "num output feature maps * filter height * filter width" /
         #   pooling size
-        # (a true division: 50 * 5 * 5 / 4 = 312.5 for the second layer, as
-        # the original computes it under Python 3)
-        fan_out = filter_shape[0] * np.prod(filter_shape[2:]) / np.prod(poolsize)
+        # Port note: the original ran on Python 2, where this ``/`` of two
+        # integers floors (50 * 5 * 5 / 4 = 312 for the second layer, not
+        # 312.5); its Python 3 edition writes ``//``, and so do we.
+        fan_out = filter_shape[0] * np.prod(filter_shape[2:]) // np.prod(poolsize)
         # initialize weights with random weights
         W_bound = np.sqrt(6.0 / (fan_in + fan_out))
         self.W = pytensor.shared(
@@ -369,7 +370,7 @@ def evaluate_lenet5(
         file=sys.stderr,
     )
     return training.results(
-        state, mode=pytensor.config.mode, floatX=pytensor.config.floatX, save_best=save_best
+        state, mode=flags.mode_name(), floatX=pytensor.config.floatX, save_best=save_best
     )
 
 

@@ -3,17 +3,23 @@
 The original tutorials never name a backend: Theano compiled every function in
 the mode its global configuration named.  We keep the lessons' calls to
 ``pytensor.function`` exactly as the original wrote them, and let a run pick
-its backend and ``floatX`` by setting PyTensor's global flags for its duration.
-A global mode is also what PyTensor 3.0.7 needs for ``softmax``, whose inner
-graph compiles with the global default mode whatever ``function(mode=...)`` says.
+its mode and ``floatX`` by setting PyTensor's global flags for its duration.
+The mode is one of the package's named modes (:mod:`deeplearning_tutorials.modes`,
+``DLT_NUMBA`` by default) or one of PyTensor's own.  A global mode is also what
+PyTensor 3.0.7 needs for ``softmax``, whose inner graph compiles with the global
+default mode whatever ``function(mode=...)`` says.
 """
 
 import functools
+import importlib.util
 import inspect
 
 import pytensor
+from pytensor.compile.mode import get_mode
 
-MODES = ("NUMBA", "CVM", "C", "JAX", "FAST_COMPILE")
+from deeplearning_tutorials.modes import DEFAULT_MODE, MODES as PACKAGE_MODES, PYTENSOR_MODES
+
+MODES = PACKAGE_MODES + PYTENSOR_MODES
 FLOATX = ("float32", "float64")
 
 
@@ -23,33 +29,9 @@ def check_mode(mode):
         return None
     name = str(mode).upper()
     if name not in MODES:
-        raise ValueError(
-            f"unknown mode {mode!r}: choose one of {', '.join(MODES)}"
-        )
-    if name == "JAX":
-        try:
-            import jax  # noqa: F401
-        except ImportError:
-            raise ValueError(
-                "mode 'JAX' needs jax: pip install 'deeplearning_tutorials[jax]'"
-            ) from None
-        from deeplearning_tutorials import training
-        from deeplearning_tutorials.nnet.jax_kernels import conv_algorithm, conv_precision
-
-        try:
-            # $DEEPLEARNING_TUTORIALS_JAX_PRECISION and _JAX_CONV, before any compile
-            conv_precision()
-            conv_algorithm(platform="cpu")
-        except ValueError as err:
-            raise training.ArgumentError(str(err)) from None
-    if name == "CVM":
-        from deeplearning_tutorials import training
-        from deeplearning_tutorials.parallel_c import compile_jobs
-
-        try:
-            compile_jobs()  # $DLT_COMPILE_JOBS, before any compile
-        except ValueError as err:
-            raise training.ArgumentError(str(err)) from None
+        raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+    if name.endswith("JAX") and importlib.util.find_spec("jax") is None:
+        raise ValueError(f"mode {name!r} needs jax: pip install 'deeplearning_tutorials[jax]'")
     return name
 
 
@@ -62,42 +44,23 @@ def check_floatX(floatX):
     return floatX
 
 
-def _compiles_with_numba() -> bool:
-    """Whether ``pytensor.function`` compiles with Numba under the current flags."""
-    try:
-        from pytensor.compile.mode import get_default_mode
-        from pytensor.link.numba.linker import NumbaLinker
-
-        return isinstance(get_default_mode().linker, NumbaLinker)
-    except Exception:  # a PyTensor without Numba, a mode it cannot build
-        return False
-
-
 def with_flags(function):
     """Give a tutorial function keyword-only ``mode`` and ``floatX`` arguments.
 
-    The wrapped function runs with ``pytensor.config.mode`` and
-    ``pytensor.config.floatX`` set to them (when given), so every
-    ``pytensor.function`` it compiles uses that backend, and inside
-    :func:`~deeplearning_tutorials.backend.heap_for_large_arrays`, so that the
-    minibatches reuse freed memory instead of faulting in fresh pages.
+    The wrapped function runs with ``pytensor.config.mode`` set to the mode named
+    ``mode`` (:data:`~deeplearning_tutorials.modes.DEFAULT_MODE` when None) and
+    ``pytensor.config.floatX`` to ``floatX`` (when given), so every
+    ``pytensor.function`` it compiles uses them.  PyTensor's ``openmp`` flag is on
+    for the run: the C code of the convolutions, the pooling and PyTensor's own
+    elementwise operations then uses every core (``OMP_NUM_THREADS`` limits them).
     """
 
     @functools.wraps(function)
     def wrapper(*args, mode=None, floatX=None, **kwargs):
-        from deeplearning_tutorials.backend import heap_for_large_arrays
-
-        flags = {}
-        if check_mode(mode) is not None:
-            flags["mode"] = check_mode(mode)
+        flags = {"mode": get_mode(check_mode(mode) or DEFAULT_MODE), "openmp": True}
         if check_floatX(floatX) is not None:
             flags["floatX"] = floatX
-        with pytensor.config.change_flags(**flags), heap_for_large_arrays():
-            if _compiles_with_numba():
-                # The C kernels' library built while the lesson reads its data.
-                from deeplearning_tutorials.nnet import numba_c
-
-                numba_c.prefetch()
+        with pytensor.config.change_flags(**flags):
             return function(*args, **kwargs)
 
     signature = inspect.signature(function)
@@ -109,3 +72,16 @@ def with_flags(function):
         parameters=list(signature.parameters.values()) + extra
     )
     return wrapper
+
+
+def mode_name():
+    """The name under which ``pytensor.config.mode`` is registered (or its ``str``)."""
+    from pytensor.compile.mode import predefined_modes
+
+    mode = pytensor.config.mode
+    if isinstance(mode, str):
+        return mode
+    for name, registered in predefined_modes.items():
+        if registered is mode:
+            return name
+    return type(mode.linker).__name__

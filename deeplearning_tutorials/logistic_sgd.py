@@ -34,11 +34,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-# ``backend`` teaches PyTensor's C backends the tutorials' graphs (softmax, the
-# likelihood's indexing, a BLAS); it must be imported before the first compile.
-# The MLP and LeNet5 lessons import this module, so they get it too.
-from deeplearning_tutorials import backend  # noqa: F401
-from deeplearning_tutorials import cli, datasets, training
+from deeplearning_tutorials import cli, datasets, flags, training
 from deeplearning_tutorials.flags import with_flags
 
 
@@ -397,7 +393,7 @@ def sgd_optimization_mnist(
         file=sys.stderr,
     )
     return training.results(
-        state, mode=pytensor.config.mode, floatX=pytensor.config.floatX, save_best=save_best
+        state, mode=flags.mode_name(), floatX=pytensor.config.floatX, save_best=save_best
     )
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-from deeplearning_tutorials import cli, training
+from deeplearning_tutorials import cli, flags, training
 from deeplearning_tutorials.flags import with_flags
 from deeplearning_tutorials.logistic_sgd import LogisticRegression, load_data
 
@@ -353,7 +353,7 @@ def test_mlp(
         file=sys.stderr,
     )
     return training.results(
-        state, mode=pytensor.config.mode, floatX=pytensor.config.floatX, save_best=save_best
+        state, mode=flags.mode_name(), floatX=pytensor.config.floatX, save_best=save_best
     )
 
 

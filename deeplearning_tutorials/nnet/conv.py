@@ -13,19 +13,19 @@ Three Ops make up the operation and its gradient:
 * :class:`Conv2dGradInputs` -- ``(gz, w) -> gx``, the gradient with respect to ``x``;
 * :class:`Conv2dGradFilters` -- ``(x, gz) -> gw``, the gradient with respect to ``w``.
 
-Each has a NumPy ``perform`` (im2col + one matrix product), C code that calls
-the BLAS SciPy ships, and Numba and JAX implementations registered on import of
-:mod:`deeplearning_tutorials.nnet`.
+Each has a NumPy ``perform`` (im2col + one matrix product) and C code (``c/conv.c``,
+im2col + the GEMM of the BLAS SciPy ships); :mod:`.numba` and :mod:`.jax` register
+their Numba and JAX implementations.
 """
+
+from pathlib import Path
 
 import numpy as np
 import pytensor.tensor as pt
 from numpy.lib.stride_tricks import sliding_window_view
 from pytensor.graph.basic import Apply
-from pytensor.link.c.op import COp
+from pytensor.link.c.op import OpenMPOp
 from pytensor.scalar import upcast
-
-from deeplearning_tutorials.nnet.threads_c import UsesThreadPool
 
 __all__ = ["conv2d", "Conv2d", "Conv2dGradInputs", "Conv2dGradFilters"]
 
@@ -163,13 +163,96 @@ def _diff_plus_one(a, b):
     return None if a is None or b is None else a - b + 1
 
 
-class _ConvOpBase(UsesThreadPool, COp):
-    __props__ = ()
+_C_DIR = Path(__file__).with_name("c")
+_C_TYPES = {"float32": "npy_float32", "float64": "npy_float64"}
+
+
+def c_support_code(*files):
+    """``c/blas.h`` and one copy per C type of each file of ``c/`` named in ``files``."""
+    parts = [(_C_DIR / "blas.h").read_text()]
+    for name, ctype in (("float", "npy_float32"), ("double", "npy_float64")):
+        parts.append(f"#define DLT_T {ctype}\n#define DLT_FN(f) f##_{name}")
+        parts.extend((_C_DIR / f).read_text() for f in files)
+        parts.append("#undef DLT_T\n#undef DLT_FN")
+    return "\n".join(parts)
+
+
+def c_type_name(dtype):
+    """The suffix of the C kernels' copy for ``dtype``: ``float`` or ``double``."""
+    return {"float32": "float", "float64": "double"}[dtype]
+
+
+# Each Op's C code: ``a`` and ``b`` are its two inputs made contiguous, ``dims``
+# the output's shape; ``{check}`` refuses mismatched shapes, ``{call}`` runs the kernel.
+_CONV_C_CODE = """
+{
+    PyArrayObject *ca = NULL, *cb = NULL;
+    npy_intp dims[4];
+    int ok = 0;
+    if (dlt_blas_init() != 0) { %(fail)s }
+    ca = PyArray_GETCONTIGUOUS(%(a)s);
+    cb = PyArray_GETCONTIGUOUS(%(b)s);
+    if (ca == NULL || cb == NULL) goto fail_%(name)s;
+    #define A(i) PyArray_DIMS(ca)[i]
+    #define B(i) PyArray_DIMS(cb)[i]
+    if (!(%(check)s)) {
+        PyErr_Format(PyExc_ValueError, "%(what)s: shapes (%%ld, %%ld, %%ld, %%ld) and "
+                     "(%%ld, %%ld, %%ld, %%ld) do not fit", (long)A(0), (long)A(1), (long)A(2),
+                     (long)A(3), (long)B(0), (long)B(1), (long)B(2), (long)B(3));
+        goto fail_%(name)s;
+    }
+    dims[0] = %(d0)s; dims[1] = %(d1)s; dims[2] = %(d2)s; dims[3] = %(d3)s;
+    if (%(z)s == NULL || PyArray_NDIM(%(z)s) != 4 || PyArray_DIMS(%(z)s)[0] != dims[0]
+        || PyArray_DIMS(%(z)s)[1] != dims[1] || PyArray_DIMS(%(z)s)[2] != dims[2]
+        || PyArray_DIMS(%(z)s)[3] != dims[3] || !PyArray_IS_C_CONTIGUOUS(%(z)s)) {
+        Py_XDECREF(%(z)s);
+        %(z)s = (PyArrayObject*)PyArray_EMPTY(4, dims, %(typenum)s, 0);
+        if (%(z)s == NULL) goto fail_%(name)s;
+    }
+    if (%(kernel)s_%(sfx)s((%(ctype)s*)PyArray_DATA(ca), (%(ctype)s*)PyArray_DATA(cb),
+                           (%(ctype)s*)PyArray_DATA(%(z)s), (int)%(args)s) != 0) {
+        PyErr_NoMemory();
+        goto fail_%(name)s;
+    }
+    #undef A
+    #undef B
+    ok = 1;
+  fail_%(name)s:
+    Py_XDECREF(ca);
+    Py_XDECREF(cb);
+    if (!ok) { %(fail)s }
+}
+"""
+
+
+class _ConvOpBase(OpenMPOp):
+    """What the three convolution Ops share: their C code's plumbing.
+
+    ``openmp`` (PyTensor's ``openmp`` flag when None) runs the C code's loops over
+    the images on OpenMP's threads.
+    """
+
+    __props__ = ("openmp",)
+    #: kernel name in c/conv.c, what the C error message calls the Op, the shape
+    #: check, the output's dimensions and the kernel's int arguments (``A(i)`` and
+    #: ``B(i)`` are the inputs' dimensions).
+    _c = None
 
     def c_code_cache_version(self):
-        from deeplearning_tutorials.nnet import conv_c
+        return (2,)
 
-        return conv_c.C_CODE_VERSION
+    def c_support_code(self, **kwargs):
+        return c_support_code("conv.c")
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        kernel, what, check, dims, args = self._c
+        dtype = node.outputs[0].dtype
+        return _CONV_C_CODE % dict(
+            a=inputs[0], b=inputs[1], z=outputs[0], fail=sub["fail"], name=name,
+            kernel=kernel, what=what, check=check, d0=dims[0], d1=dims[1], d2=dims[2],
+            d3=dims[3], args=", (int)".join(args), sfx=c_type_name(dtype),
+            ctype=_C_TYPES[dtype], typenum=f"NPY_{dtype.upper()}",
+        )
 
 
 class Conv2d(_ConvOpBase):
@@ -179,6 +262,10 @@ class Conv2d(_ConvOpBase):
     ``z`` (B, F, H-kh+1, W-kw+1) with
     ``z[b, f] = sum_c scipy.signal.convolve2d(x[b, c], w[f, c], 'valid')``.
     """
+
+    _c = ("dlt_conv_fwd", "conv2d", "A(1) == B(1) && B(2) <= A(2) && B(3) <= A(3)",
+          ("A(0)", "B(0)", "A(2) - B(2) + 1", "A(3) - B(3) + 1"),
+          ("A(0)", "A(1)", "A(2)", "A(3)", "B(0)", "B(2)", "B(3)"))
 
     def make_node(self, x, w):
         x = _as_float4(x, "input")
@@ -195,31 +282,12 @@ class Conv2d(_ConvOpBase):
         x, w = inputs
         output_storage[0][0] = conv2d_valid_numpy(x, w).astype(node.outputs[0].dtype, copy=False)
 
-    def infer_shape(self, *args):
-        # PyTensor 3.0 passes (fgraph, node, shapes); later versions (node, shapes).
-        node, shapes = args[-2:]
-        xs, ws = shapes
-        return [(xs[0], ws[0], xs[2] - ws[2] + 1, xs[3] - ws[3] + 1)]
 
     def pullback(self, inputs, outputs, output_grads):
         x, w = inputs
         (gz,) = output_grads
-        return [conv2d_grad_inputs_op(gz, w), conv2d_grad_filters_op(x, gz)]
+        return [Conv2dGradInputs(self.openmp)(gz, w), Conv2dGradFilters(self.openmp)(x, gz)]
 
-    def c_code(self, node, name, inputs, outputs, sub):
-        from deeplearning_tutorials.nnet import conv_c
-
-        return conv_c.conv_c_code("fwd", node, name, inputs, outputs, sub)
-
-    def c_support_code(self, **kwargs):
-        from deeplearning_tutorials.nnet import conv_c
-
-        return conv_c.SUPPORT_CODE
-
-    def c_init_code(self, **kwargs):
-        from deeplearning_tutorials.nnet import conv_c
-
-        return [conv_c.INIT_CODE]
 
 
 class Conv2dGradInputs(_ConvOpBase):
@@ -228,6 +296,10 @@ class Conv2dGradInputs(_ConvOpBase):
     Inputs ``gz`` (B, F, oh, ow) and ``w`` (F, C, kh, kw); output
     ``gx`` (B, C, oh+kh-1, ow+kw-1) (a 'full' correlation of ``gz`` with ``w``).
     """
+
+    _c = ("dlt_conv_gi", "conv2d gradient", "A(1) == B(0)",
+          ("A(0)", "B(1)", "A(2) + B(2) - 1", "A(3) + B(3) - 1"),
+          ("A(0)", "A(1)", "A(2)", "A(3)", "B(1)", "B(2)", "B(3)"))
 
     def make_node(self, gz, w):
         gz = _as_float4(gz, "output gradient")
@@ -249,33 +321,14 @@ class Conv2dGradInputs(_ConvOpBase):
             node.outputs[0].dtype, copy=False
         )
 
-    def infer_shape(self, *args):
-        # PyTensor 3.0 passes (fgraph, node, shapes); later versions (node, shapes).
-        node, shapes = args[-2:]
-        gs, ws = shapes
-        return [(gs[0], ws[1], gs[2] + ws[2] - 1, gs[3] + ws[3] - 1)]
 
     def pullback(self, inputs, outputs, output_grads):
         # gx is bilinear in (gz, w): gx = conv^T(gz; w), so
         # d<ggx, gx>/dgz = conv(ggx, w) and d<ggx, gx>/dw = gradW(ggx, gz).
         gz, w = inputs
         (ggx,) = output_grads
-        return [conv2d_op(ggx, w), conv2d_grad_filters_op(ggx, gz)]
+        return [Conv2d(self.openmp)(ggx, w), Conv2dGradFilters(self.openmp)(ggx, gz)]
 
-    def c_code(self, node, name, inputs, outputs, sub):
-        from deeplearning_tutorials.nnet import conv_c
-
-        return conv_c.conv_c_code("gi", node, name, inputs, outputs, sub)
-
-    def c_support_code(self, **kwargs):
-        from deeplearning_tutorials.nnet import conv_c
-
-        return conv_c.SUPPORT_CODE
-
-    def c_init_code(self, **kwargs):
-        from deeplearning_tutorials.nnet import conv_c
-
-        return [conv_c.INIT_CODE]
 
 
 class Conv2dGradFilters(_ConvOpBase):
@@ -284,6 +337,10 @@ class Conv2dGradFilters(_ConvOpBase):
     Inputs ``x`` (B, C, H, W) and ``gz`` (B, F, oh, ow); output
     ``gw`` (F, C, H-oh+1, W-ow+1).
     """
+
+    _c = ("dlt_conv_gw", "conv2d gradient", "A(0) == B(0) && B(2) <= A(2) && B(3) <= A(3)",
+          ("B(1)", "A(1)", "A(2) - B(2) + 1", "A(3) - B(3) + 1"),
+          ("A(0)", "A(1)", "A(2)", "A(3)", "B(1)", "B(2)", "B(3)"))
 
     def make_node(self, x, gz):
         x = _as_float4(x, "input")
@@ -300,37 +357,15 @@ class Conv2dGradFilters(_ConvOpBase):
             node.outputs[0].dtype, copy=False
         )
 
-    def infer_shape(self, *args):
-        # PyTensor 3.0 passes (fgraph, node, shapes); later versions (node, shapes).
-        node, shapes = args[-2:]
-        xs, gs = shapes
-        return [(gs[1], xs[1], xs[2] - gs[2] + 1, xs[3] - gs[3] + 1)]
 
     def pullback(self, inputs, outputs, output_grads):
         # gw is bilinear in (x, gz): d<ggw, gw>/dx = gradX(gz; ggw), d/dgz = conv(x, ggw).
         x, gz = inputs
         (ggw,) = output_grads
-        return [conv2d_grad_inputs_op(gz, ggw), conv2d_op(x, ggw)]
-
-    def c_code(self, node, name, inputs, outputs, sub):
-        from deeplearning_tutorials.nnet import conv_c
-
-        return conv_c.conv_c_code("gw", node, name, inputs, outputs, sub)
-
-    def c_support_code(self, **kwargs):
-        from deeplearning_tutorials.nnet import conv_c
-
-        return conv_c.SUPPORT_CODE
-
-    def c_init_code(self, **kwargs):
-        from deeplearning_tutorials.nnet import conv_c
-
-        return [conv_c.INIT_CODE]
+        return [Conv2dGradInputs(self.openmp)(gz, ggw), Conv2d(self.openmp)(x, ggw)]
 
 
-conv2d_op = Conv2d()
-conv2d_grad_inputs_op = Conv2dGradInputs()
-conv2d_grad_filters_op = Conv2dGradFilters()
+
 
 
 # ---------------------------------------------------------------------------
@@ -450,4 +485,4 @@ def conv2d(
         input = pt.specify_shape(input, xs)
     if ws != filters.type.shape:
         filters = pt.specify_shape(filters, ws)
-    return conv2d_op(input, filters)
+    return Conv2d()(input, filters)

@@ -17,9 +17,9 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.gradient import grad_not_implemented
 from pytensor.graph.basic import Apply
-from pytensor.link.c.op import COp
+from pytensor.link.c.op import OpenMPOp
 
-from deeplearning_tutorials.nnet.threads_c import UsesThreadPool
+from deeplearning_tutorials.nnet.conv import c_support_code, c_type_name
 
 __all__ = ["pool_2d", "max_pool_2d", "MaxPool2d", "MaxPool2dGrad"]
 
@@ -113,7 +113,84 @@ def _as_pool_input(x):
     return x
 
 
-class MaxPool2d(UsesThreadPool, COp):
+# The C code of both pooling Ops over the last two axes of an N-d array: ``n``
+# planes of H x W; ``m`` and ``g`` (the gradient's maxout and gz) are NULL for the
+# forward Op, whose output planes are oh x ow where the gradient's are H x W.
+_POOL_C_CODE = """
+{
+    PyArrayObject *cx = PyArray_GETCONTIGUOUS(%(x)s), *cm = NULL, *cg = NULL;
+    npy_intp dims[%(nd)s];
+    long n = 1, H, W, oh, ow;
+    int d, ok = 0;
+    if (cx == NULL) goto fail_%(name)s;
+    for (d = 0; d < %(nd)s - 2; ++d) { dims[d] = PyArray_DIMS(cx)[d]; n *= dims[d]; }
+    H = PyArray_DIMS(cx)[%(nd)s - 2]; W = PyArray_DIMS(cx)[%(nd)s - 1];
+    oh = %(ib)s ? H / %(wh)s : (H + %(wh)s - 1) / %(wh)s;
+    ow = %(ib)s ? W / %(ww)s : (W + %(ww)s - 1) / %(ww)s;
+    dims[%(nd)s - 2] = %(grad)s ? H : oh; dims[%(nd)s - 1] = %(grad)s ? W : ow;
+    if (%(grad)s) {
+        cm = PyArray_GETCONTIGUOUS((PyArrayObject*)%(m)s);
+        cg = PyArray_GETCONTIGUOUS((PyArrayObject*)%(g)s);
+        if (cm == NULL || cg == NULL) goto fail_%(name)s;
+        if (PyArray_SIZE(cm) != n * oh * ow || PyArray_SIZE(cg) != n * oh * ow) {
+            PyErr_SetString(PyExc_ValueError, "max pooling gradient: maxout and gz do not fit x");
+            goto fail_%(name)s;
+        }
+    }
+    if (%(z)s == NULL || !PyArray_IS_C_CONTIGUOUS(%(z)s)
+        || !PyArray_CompareLists(PyArray_DIMS(%(z)s), dims, %(nd)s)) {
+        Py_XDECREF(%(z)s);
+        %(z)s = (PyArrayObject*)PyArray_EMPTY(%(nd)s, dims, %(typenum)s, 0);
+        if (%(z)s == NULL) goto fail_%(name)s;
+    }
+    if (%(grad)s)
+        dlt_max_pool_grad_%(sfx)s((%(ctype)s*)PyArray_DATA(cx), (%(ctype)s*)PyArray_DATA(cm),
+                                  (%(ctype)s*)PyArray_DATA(cg), (%(ctype)s*)PyArray_DATA(%(z)s),
+                                  n, (int)H, (int)W, %(wh)s, %(ww)s, (int)oh, (int)ow);
+    else
+        dlt_max_pool_%(sfx)s((%(ctype)s*)PyArray_DATA(cx), (%(ctype)s*)PyArray_DATA(%(z)s), n,
+                             (int)H, (int)W, %(wh)s, %(ww)s, (int)oh, (int)ow);
+    ok = 1;
+  fail_%(name)s:
+    Py_XDECREF(cx);
+    Py_XDECREF(cm);
+    Py_XDECREF(cg);
+    if (!ok) { %(fail)s }
+}
+"""
+
+
+class _PoolOpBase(OpenMPOp):
+    """What the two pooling Ops share: their window and their C code's plumbing.
+
+    ``openmp`` (PyTensor's ``openmp`` flag when None) runs the C code's loops over
+    the planes on OpenMP's threads.
+    """
+
+    __props__ = ("ws", "ignore_border", "openmp")
+
+    def __init__(self, ws, ignore_border, openmp=None):
+        super().__init__(openmp)
+        self.ws = _check_ws(ws)
+        self.ignore_border = bool(ignore_border)
+
+    def c_code_cache_version(self):
+        return (3,)
+
+    def c_support_code(self, **kwargs):
+        return c_support_code("pool.c")
+
+    def _c_code(self, node, name, x, m, g, z, sub, grad):
+        dtype = node.outputs[0].dtype
+        ctype = {"float32": "npy_float32", "float64": "npy_float64"}[dtype]
+        return _POOL_C_CODE % dict(
+            x=x, m=m, g=g, z=z, name=name, fail=sub["fail"], nd=node.inputs[0].type.ndim,
+            ib=int(self.ignore_border), wh=self.ws[0], ww=self.ws[1], grad=int(bool(grad)),
+            sfx=c_type_name(dtype), ctype=ctype, typenum=f"NPY_{dtype.upper()}",
+        )
+
+
+class MaxPool2d(_PoolOpBase):
     """Max pooling over non-overlapping ``ws`` windows of the last two axes.
 
     Parameters
@@ -124,12 +201,6 @@ class MaxPool2d(UsesThreadPool, COp):
         True drops partial windows (``oh = H // wh``), False keeps them
         (``oh = ceil(H / wh)``).
     """
-
-    __props__ = ("ws", "ignore_border")
-
-    def __init__(self, ws, ignore_border):
-        self.ws = _check_ws(ws)
-        self.ignore_border = bool(ignore_border)
 
     def _out_static(self, shape):
         lead, (H, W) = shape[:-2], shape[-2:]
@@ -146,52 +217,24 @@ class MaxPool2d(UsesThreadPool, COp):
         (x,) = inputs
         output_storage[0][0] = max_pool_numpy(x, self.ws, self.ignore_border)
 
-    def infer_shape(self, *args):
-        # PyTensor 3.0 passes (fgraph, node, shapes); later versions (node, shapes).
-        node, shapes = args[-2:]
-        (xs,) = shapes
-        wh, ww = self.ws
-        H, W = xs[-2:]
-        if self.ignore_border:
-            oh, ow = H // wh, W // ww
-        else:
-            oh, ow = (H + wh - 1) // wh, (W + ww - 1) // ww
-        return [tuple(xs[:-2]) + (oh, ow)]
 
     def pullback(self, inputs, outputs, output_grads):
         (x,) = inputs
         (gz,) = output_grads
         (maxout,) = outputs
-        return [MaxPool2dGrad(self.ws, self.ignore_border)(x, maxout, gz)]
-
-    def c_code_cache_version(self):
-        from deeplearning_tutorials.nnet import conv_c
-
-        return conv_c.C_CODE_VERSION
+        return [MaxPool2dGrad(self.ws, self.ignore_border, self.openmp)(x, maxout, gz)]
 
     def c_code(self, node, name, inputs, outputs, sub):
-        from deeplearning_tutorials.nnet import conv_c
-
-        return conv_c.pool_c_code(self, node, name, inputs, outputs, sub)
-
-    def c_support_code(self, **kwargs):
-        from deeplearning_tutorials.nnet import conv_c
-
-        return conv_c.POOL_SUPPORT_CODE
+        (x,) = inputs
+        return self._c_code(node, name, x, "NULL", "NULL", outputs[0], sub, "")
 
 
-class MaxPool2dGrad(UsesThreadPool, COp):
+class MaxPool2dGrad(_PoolOpBase):
     """Gradient of :class:`MaxPool2d`: inputs ``(x, maxout, gz)``, output ``gx`` like ``x``.
 
     Every input equal to its window's maximum gets the window's ``gz`` (Theano's
     ``MaxPoolGrad`` compares the input with the max, so tied inputs all receive it).
     """
-
-    __props__ = ("ws", "ignore_border")
-
-    def __init__(self, ws, ignore_border):
-        self.ws = _check_ws(ws)
-        self.ignore_border = bool(ignore_border)
 
     def make_node(self, x, maxout, gz):
         x = _as_pool_input(x)
@@ -221,20 +264,9 @@ class MaxPool2dGrad(UsesThreadPool, COp):
             for i, inp in enumerate(inputs)
         ]
 
-    def c_code_cache_version(self):
-        from deeplearning_tutorials.nnet import conv_c
-
-        return conv_c.C_CODE_VERSION
-
     def c_code(self, node, name, inputs, outputs, sub):
-        from deeplearning_tutorials.nnet import conv_c
-
-        return conv_c.pool_grad_c_code(self, node, name, inputs, outputs, sub)
-
-    def c_support_code(self, **kwargs):
-        from deeplearning_tutorials.nnet import conv_c
-
-        return conv_c.POOL_SUPPORT_CODE
+        x, maxout, gz = inputs
+        return self._c_code(node, name, x, maxout, gz, outputs[0], sub, "_grad")
 
 
 def pool_2d(input, ws, ignore_border=True, mode="max"):

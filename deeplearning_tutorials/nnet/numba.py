@@ -1,11 +1,13 @@
-"""Numba kernels for the convolution and max-pooling Ops, and their Numba dispatch.
+"""The Numba implementations of the convolution and max-pooling Ops.
+
+Importing this module registers them with PyTensor's Numba backend
+(``numba_funcify``, through its cache-key helper), for these Ops only.
 
 The convolution kernels use im2col + one GEMM per chunk of the batch: the
 column matrix has shape ``(C*kh*kw, nb*oh*ow)``, so building it and scattering
 it back (col2im) both read and write contiguous rows of ``ow`` elements, and the
 products go to BLAS through ``np.dot`` (Numba calls SciPy's BLAS). The batch is
-cut in chunks so that the column matrix stays a few MiB and is reused between
-chunks instead of being a fresh, page-faulting 100+ MiB allocation per call.
+cut in chunks so that the column matrix stays a few MiB.
 
 The pooling kernels are plain loops over non-overlapping windows; the gradient
 follows Theano's rule: every input equal to its window's maximum receives the
@@ -13,13 +15,14 @@ window's upstream gradient (ties included).
 
 The kernels are module-level ``numba.njit(cache=True)`` functions, so their
 machine code is cached on disk and shared by every compiled PyTensor function.
-The ``register_numba_dispatch`` function hooks them into PyTensor's Numba
-backend; :mod:`deeplearning_tutorials.nnet` calls it on import.
 """
 
 import numba
-import numba.extending
 import numpy as np
+from pytensor.link.numba.dispatch.basic import numba_njit, register_funcify_default_op_cache_key
+
+from deeplearning_tutorials.nnet.conv import Conv2d, Conv2dGradFilters, Conv2dGradInputs
+from deeplearning_tutorials.nnet.pool import MaxPool2d, MaxPool2dGrad
 
 # Elements in one chunk's column matrix: 2**20 elements (8 MiB in float64,
 # 4 MiB in float32) keeps the buffer cache-friendly while each GEMM still has
@@ -402,351 +405,63 @@ def max_pool_grad_3d(x3, out3, gz3, wh, ww):
     return gx
 
 
-# The C kernels (:mod:`.numba_c`), called by name from the Numba functions below. Each
-# ``c_*`` function is a stub that only Numba calls: its overload picks the library's
-# function for the arrays' dtype when Numba types the call (the cache key of an Op's
-# Numba function does not hold the dtypes), and the Numba kernel above for any other
-# dtype, or when the library is not loaded.
-_C_ARGS = {"conv_fwd": (3, 7), "conv_gi": (3, 7), "conv_gw": (3, 7), "pool": (4, 7),
-           "bias_tanh": (3, 3), "sum_bhw": (2, 3), "gemm": (3, 7)}
-
 # Bump when a kernel changes, so that PyTensor's on-disk cache is not reused stale.
-_VERSION = 10
+_VERSION = 1
 
 
-def kernel_and_salt(c_kernel, numba_kernel):
-    """``(kernel, salt)`` for an Op's Numba function: the C library's kernel when it loads.
+@register_funcify_default_op_cache_key(Conv2d)
+def numba_funcify_Conv2d(op, node=None, **kwargs):
+    @numba_njit
+    def conv2d(x, w):
+        return conv2d_valid(x, w)
 
-    The salt goes into the function's cache key (see PyTensor's
-    ``register_funcify_default_op_cache_key``): it says which kernels the function calls,
-    and the library's ABI, so cached code that calls the library is never loaded in a
-    process without it. PyTensor calls an Op's funcify function (for the salt) before it
-    loads any cached code of the graph, so the library is loaded by then: lazily, by the
-    first Numba graph with these Ops.
-    """
-    from deeplearning_tutorials.nnet import numba_c
+    return conv2d, _VERSION
 
-    if numba_c.load():
-        return c_kernel, _VERSION * 1000 + numba_c.ABI_VERSION
-    return numba_kernel, _VERSION * 1000
 
+@register_funcify_default_op_cache_key(Conv2dGradInputs)
+def numba_funcify_Conv2dGradInputs(op, node=None, **kwargs):
+    @numba_njit
+    def conv2d_gi(gz, w):
+        return conv2d_grad_inputs(gz, w)
 
-def _c_function(kind, dtype):
-    """The library's ``kind`` kernel for ``dtype`` (a Numba type) as an external function, or None."""
-    from deeplearning_tutorials.nnet import numba_c
+    return conv2d_gi, _VERSION
 
-    if not numba_c.load() or str(dtype) not in ("float32", "float64"):
-        return None
-    from numba.core import types
 
-    n_ptr, n_int = _C_ARGS[kind]
-    sig = types.int32(*([types.uintp] * n_ptr + [types.int64] * n_int))
-    return types.ExternalFunction(numba_c.symbol(kind, str(dtype)), sig)
+@register_funcify_default_op_cache_key(Conv2dGradFilters)
+def numba_funcify_Conv2dGradFilters(op, node=None, **kwargs):
+    @numba_njit
+    def conv2d_gw(x, gz):
+        return conv2d_grad_filters(x, gz)
 
+    return conv2d_gw, _VERSION
 
-def c_conv2d_valid(x, w):
-    """:func:`conv2d_valid` through the C library (Numba only)."""
-    raise NotImplementedError("only callable from Numba")
 
+@register_funcify_default_op_cache_key(MaxPool2d)
+def numba_funcify_MaxPool2d(op, node=None, **kwargs):
+    wh, ww = op.ws
+    ignore_border = bool(op.ignore_border)
 
-def c_conv2d_grad_inputs(gz, w):
-    """:func:`conv2d_grad_inputs` through the C library (Numba only)."""
-    raise NotImplementedError("only callable from Numba")
+    @numba_njit
+    def max_pool(x):
+        H, W = x.shape[-2], x.shape[-1]
+        x3 = np.ascontiguousarray(x).reshape((-1, H, W))
+        out3 = max_pool_3d(x3, wh, ww, ignore_border)
+        return out3.reshape(x.shape[:-2] + (out3.shape[1], out3.shape[2]))
 
+    return max_pool, _VERSION
 
-def c_conv2d_grad_filters(x, gz):
-    """:func:`conv2d_grad_filters` through the C library (Numba only)."""
-    raise NotImplementedError("only callable from Numba")
 
+@register_funcify_default_op_cache_key(MaxPool2dGrad)
+def numba_funcify_MaxPool2dGrad(op, node=None, **kwargs):
+    wh, ww = op.ws
 
-def c_max_pool_3d(x3, wh, ww, ignore_border):
-    """:func:`max_pool_3d` through the C library (Numba only)."""
-    raise NotImplementedError("only callable from Numba")
-
+    @numba_njit
+    def max_pool_grad(x, out, gz):
+        H, W = x.shape[-2], x.shape[-1]
+        oh, ow = out.shape[-2], out.shape[-1]
+        x3 = np.ascontiguousarray(x).reshape((-1, H, W))
+        out3 = np.ascontiguousarray(out).reshape((-1, oh, ow))
+        gz3 = np.ascontiguousarray(gz).reshape((-1, oh, ow))
+        return max_pool_grad_3d(x3, out3, gz3, wh, ww).reshape(x.shape)
 
-def c_max_pool_grad_3d(x3, out3, gz3, wh, ww):
-    """:func:`max_pool_grad_3d` through the C library (Numba only)."""
-    raise NotImplementedError("only callable from Numba")
-
-
-@numba.extending.overload(c_conv2d_valid)
-def _ol_c_conv2d_valid(x, w):
-    fn = _c_function("conv_fwd", x.dtype)
-    if fn is None:
-        return lambda x, w: conv2d_valid(x, w)
-
-    def impl(x, w):
-        x = np.ascontiguousarray(x)
-        w = np.ascontiguousarray(w)
-        out = np.empty(_conv_out_shape(x, w), dtype=x.dtype)
-        B, C, H, W = x.shape
-        F, kh, kw = w.shape[0], w.shape[2], w.shape[3]
-        if fn(x.ctypes.data, w.ctypes.data, out.ctypes.data, B, C, H, W, F, kh, kw) != 0:
-            raise MemoryError("conv2d: out of memory for the column matrices")
-        return out
-
-    return impl
-
-
-@numba.extending.overload(c_conv2d_grad_inputs)
-def _ol_c_conv2d_grad_inputs(gz, w):
-    fn = _c_function("conv_gi", gz.dtype)
-    if fn is None:
-        return lambda gz, w: conv2d_grad_inputs(gz, w)
-
-    def impl(gz, w):
-        gz = np.ascontiguousarray(gz)
-        w = np.ascontiguousarray(w)
-        gx = np.empty(_conv_gi_shape(gz, w), dtype=gz.dtype)
-        B, F, oh, ow = gz.shape
-        C, kh, kw = w.shape[1], w.shape[2], w.shape[3]
-        if fn(gz.ctypes.data, w.ctypes.data, gx.ctypes.data, B, F, oh, ow, C, kh, kw) != 0:
-            raise MemoryError("conv2d grad: out of memory for the column matrices")
-        return gx
-
-    return impl
-
-
-@numba.extending.overload(c_conv2d_grad_filters)
-def _ol_c_conv2d_grad_filters(x, gz):
-    fn = _c_function("conv_gw", x.dtype)
-    if fn is None:
-        return lambda x, gz: conv2d_grad_filters(x, gz)
-
-    def impl(x, gz):
-        x = np.ascontiguousarray(x)
-        gz = np.ascontiguousarray(gz)
-        gw = np.empty(_conv_gw_shape(x, gz), dtype=x.dtype)
-        B, C, H, W = x.shape
-        F, oh, ow = gz.shape[1], gz.shape[2], gz.shape[3]
-        if fn(x.ctypes.data, gz.ctypes.data, gw.ctypes.data, B, C, H, W, F, oh, ow) != 0:
-            raise MemoryError("conv2d grad: out of memory for the column matrices")
-        return gw
-
-    return impl
-
-
-@numba.extending.overload(c_max_pool_3d)
-def _ol_c_max_pool_3d(x3, wh, ww, ignore_border):
-    fn = _c_function("pool", x3.dtype)
-    if fn is None:
-        return lambda x3, wh, ww, ignore_border: max_pool_3d(x3, wh, ww, ignore_border)
-
-    def impl(x3, wh, ww, ignore_border):
-        x3 = np.ascontiguousarray(x3)
-        M, H, W = x3.shape
-        oh = _pool_out_size(H, wh, ignore_border)
-        ow = _pool_out_size(W, ww, ignore_border)
-        out = np.empty((M, oh, ow), dtype=x3.dtype)
-        fn(x3.ctypes.data, 0, 0, out.ctypes.data, M, H, W, oh, ow, wh, ww)
-        return out
-
-    return impl
-
-
-@numba.extending.overload(c_max_pool_grad_3d)
-def _ol_c_max_pool_grad_3d(x3, out3, gz3, wh, ww):
-    fn = _c_function("pool", x3.dtype)
-    if fn is None:
-        return lambda x3, out3, gz3, wh, ww: max_pool_grad_3d(x3, out3, gz3, wh, ww)
-
-    def impl(x3, out3, gz3, wh, ww):
-        x3 = np.ascontiguousarray(x3)
-        out3 = np.ascontiguousarray(out3)
-        gz3 = np.ascontiguousarray(gz3)
-        M, H, W = x3.shape
-        oh, ow = out3.shape[1], out3.shape[2]
-        if out3.shape[0] != M or gz3.shape != out3.shape:
-            raise ValueError("MaxPool2dGrad: maxout/gz shapes do not match x")
-        gx = np.empty((M, H, W), dtype=x3.dtype)
-        fn(x3.ctypes.data, out3.ctypes.data, gz3.ctypes.data, gx.ctypes.data, M, H, W, oh, ow,
-           wh, ww)
-        return gx
-
-    return impl
-
-
-@_njit
-def bias_tanh(x, b):
-    """``tanh(x + b)`` of ``x`` (B, C, H, W) and ``b`` (1, C, 1, 1): BiasTanh's kernel without C."""
-    return np.tanh(x + b)
-
-
-@_njit
-def sum_over_batch_and_space(x):
-    """``x.sum(axis=(0, 2, 3))`` of ``x`` (B, C, H, W), summed in float64, in x's dtype."""
-    B, C, H, W = x.shape
-    acc = np.zeros(C)
-    for b in range(B):
-        for c in range(C):
-            s = 0.0
-            for i in range(H):
-                for j in range(W):
-                    s += x[b, c, i, j]
-            acc[c] += s
-    return acc.astype(x.dtype)
-
-
-def c_bias_tanh(x, b):
-    """:func:`bias_tanh` through the C library (Numba only)."""
-    raise NotImplementedError("only callable from Numba")
-
-
-def c_sum_over_batch_and_space(x):
-    """:func:`sum_over_batch_and_space` through the C library (Numba only)."""
-    raise NotImplementedError("only callable from Numba")
-
-
-@numba.extending.overload(c_bias_tanh)
-def _ol_c_bias_tanh(x, b):
-    fn = _c_function("bias_tanh", x.dtype)
-    if fn is None or b.dtype != x.dtype:
-        return lambda x, b: bias_tanh(x, b)
-
-    def impl(x, b):
-        x = np.ascontiguousarray(x)
-        b = np.ascontiguousarray(b)
-        B, C, H, W = x.shape
-        if b.size != C:
-            raise ValueError("BiasTanh: b and x have different channel counts")
-        z = np.empty((B, C, H, W), dtype=x.dtype)
-        fn(x.ctypes.data, b.ctypes.data, z.ctypes.data, B, C, H * W)
-        return z
-
-    return impl
-
-
-@numba.extending.overload(c_sum_over_batch_and_space)
-def _ol_c_sum_over_batch_and_space(x):
-    fn = _c_function("sum_bhw", x.dtype)
-    if fn is None:
-        return lambda x: sum_over_batch_and_space(x)
-
-    def impl(x):
-        x = np.ascontiguousarray(x)
-        B, C, H, W = x.shape
-        z = np.empty(C, dtype=x.dtype)
-        fn(x.ctypes.data, z.ctypes.data, B, C, H * W)
-        return z
-
-    return impl
-
-
-def matmul(x, y):
-    """``x @ y`` of two matrices of one float dtype (Numba only; NumPy's ``dot`` without C)."""
-    raise NotImplementedError("only callable from Numba")
-
-
-# The BLAS form of an operand: a C-ordered matrix as it is ('N', its rows' length), a
-# Fortran-ordered one as the transpose of a C-ordered one ('T', its columns' length); any
-# other layout is copied C-ordered first. Chosen when Numba types the call, by layout.
-_MATMUL_OPERAND = {
-    "F": "{v}b = {v}\n    t{v} = 84\n    ld{v} = {v}.shape[0]\n",
-    "C": "{v}b = {v}\n    t{v} = 78\n    ld{v} = {v}.shape[1]\n",
-    "A": "{v}b = np.ascontiguousarray({v})\n    t{v} = 78\n    ld{v} = {v}.shape[1]\n",
-}
-
-_MATMUL_SOURCE = """
-def impl(x, y):
-    M, K = x.shape
-    N = y.shape[1]
-    if y.shape[0] != K:
-        raise ValueError("dot: the matrices' shapes are not aligned")
-    if M > 2147483647 or N > 2147483647 or K > 2147483647:
-        raise ValueError("dot: a matrix too large for the BLAS's 32-bit sizes")
-    out = np.empty((M, N), dtype=x.dtype)
-    if M == 0 or N == 0:
-        return out
-    if K == 0:
-        for i in range(M):
-            for j in range(N):
-                out[i, j] = 0
-        return out
-    {X}    {Y}    fn(xb.ctypes.data, yb.ctypes.data, out.ctypes.data, tx, ty, M, N, K, ldx, ldy)
-    return out
-"""
-
-
-@numba.extending.overload(matmul)
-def _ol_matmul(x, y):
-    fn = _c_function("gemm", x.dtype)
-    if fn is None or y.dtype != x.dtype or x.ndim != 2 or y.ndim != 2:
-        return lambda x, y: np.dot(x, y)
-    src = _MATMUL_SOURCE.replace("{X}", _MATMUL_OPERAND[x.layout].format(v="x")).replace(
-        "{Y}", _MATMUL_OPERAND[y.layout].format(v="y"))
-    namespace = {"np": np, "fn": fn}
-    exec(compile(src, "<deeplearning_tutorials.nnet.numba_kernels.matmul>", "exec"), namespace)
-    return namespace["impl"]
-
-
-def register_numba_dispatch():
-    """Register the Numba implementations of the Ops with PyTensor's Numba backend."""
-    from pytensor.link.numba.dispatch.basic import (
-        numba_njit,
-        register_funcify_default_op_cache_key,
-    )
-
-    from deeplearning_tutorials.nnet.conv import Conv2d, Conv2dGradFilters, Conv2dGradInputs
-    from deeplearning_tutorials.nnet.pool import MaxPool2d, MaxPool2dGrad
-
-    @register_funcify_default_op_cache_key(Conv2d)
-    def numba_funcify_Conv2d(op, node=None, **kwargs):
-        kernel, salt = kernel_and_salt(c_conv2d_valid, conv2d_valid)
-
-        @numba_njit
-        def conv2d(x, w):
-            return kernel(x, w)
-
-        return conv2d, salt
-
-    @register_funcify_default_op_cache_key(Conv2dGradInputs)
-    def numba_funcify_Conv2dGradInputs(op, node=None, **kwargs):
-        kernel, salt = kernel_and_salt(c_conv2d_grad_inputs, conv2d_grad_inputs)
-
-        @numba_njit
-        def conv2d_gi(gz, w):
-            return kernel(gz, w)
-
-        return conv2d_gi, salt
-
-    @register_funcify_default_op_cache_key(Conv2dGradFilters)
-    def numba_funcify_Conv2dGradFilters(op, node=None, **kwargs):
-        kernel, salt = kernel_and_salt(c_conv2d_grad_filters, conv2d_grad_filters)
-
-        @numba_njit
-        def conv2d_gw(x, gz):
-            return kernel(x, gz)
-
-        return conv2d_gw, salt
-
-    @register_funcify_default_op_cache_key(MaxPool2d)
-    def numba_funcify_MaxPool2d(op, node=None, **kwargs):
-        wh, ww = op.ws
-        ignore_border = bool(op.ignore_border)
-        pool, salt = kernel_and_salt(c_max_pool_3d, max_pool_3d)
-
-        @numba_njit
-        def max_pool(x):
-            H, W = x.shape[-2], x.shape[-1]
-            x3 = np.ascontiguousarray(x).reshape((-1, H, W))
-            out3 = pool(x3, wh, ww, ignore_border)
-            return out3.reshape(x.shape[:-2] + (out3.shape[1], out3.shape[2]))
-
-        return max_pool, salt
-
-    @register_funcify_default_op_cache_key(MaxPool2dGrad)
-    def numba_funcify_MaxPool2dGrad(op, node=None, **kwargs):
-        wh, ww = op.ws
-        pool_grad, salt = kernel_and_salt(c_max_pool_grad_3d, max_pool_grad_3d)
-
-        @numba_njit
-        def max_pool_grad(x, out, gz):
-            H, W = x.shape[-2], x.shape[-1]
-            oh, ow = out.shape[-2], out.shape[-1]
-            x3 = np.ascontiguousarray(x).reshape((-1, H, W))
-            out3 = np.ascontiguousarray(out).reshape((-1, oh, ow))
-            gz3 = np.ascontiguousarray(gz).reshape((-1, oh, ow))
-            gx3 = pool_grad(x3, out3, gz3, wh, ww)
-            return gx3.reshape(x.shape)
-
-        return max_pool_grad, salt
+    return max_pool_grad, _VERSION

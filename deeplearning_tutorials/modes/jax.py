@@ -1,4 +1,4 @@
-"""Let the tutorial's minibatch ``givens`` compile under ``mode="JAX"``.
+"""The package's JAX mode: the tutorial's minibatch ``givens`` and datasets kept on the device.
 
 The tutorials select a minibatch with
 ``givens={x: train_set_x[index * batch_size:(index + 1) * batch_size]}`` over
@@ -8,7 +8,7 @@ the arguments of ``jnp.arange``. The slice *length*, however, is static:
 ``(index + 1) * batch_size - index * batch_size`` is ``batch_size`` whatever
 ``index`` is.
 
-This module registers a graph rewrite under PyTensor's ``"jax"`` tag that finds
+This module defines a graph rewrite, run only by the package's JAX mode, that finds
 ``Subtensor`` and ``IncSubtensor`` slices whose ``stop - start`` simplifies to a
 positive integer constant and replaces them with :class:`DynamicSlice` /
 :class:`DynamicIncSlice`, whose JAX implementations are
@@ -16,8 +16,11 @@ positive integer constant and replaces them with :class:`DynamicSlice` /
 and whose output shape along the sliced axis is that constant. Shape inference
 then turns ``y.shape[0]`` into a constant and ``arange`` compiles.
 
-Only JAX modes run the rewrite; the other backends keep the ordinary
-``Subtensor``.
+PyTensor's own modes never run these rewrites (they are registered under the
+package's own tag, :data:`TAG`); :func:`jax_mode` builds the mode that does, with
+:class:`DeviceJAXLinker`, which hands JAX a device copy of every shared variable
+the function does not update (a dataset then crosses to the device once, not on
+every call).
 
 Notes
 -----
@@ -59,19 +62,24 @@ from pytensor.tensor.basic import ScalarFromTensor, TensorFromScalar
 from pytensor.tensor.elemwise import DimShuffle, Elemwise
 from pytensor.tensor.subtensor import IncSubtensor, Subtensor, indices_from_subtensor
 
-# The rest of the backend glue (softmax on C, BLAS, device-resident datasets)
-# registers itself on import, so importing the nnet package sets up all of it.
-from deeplearning_tutorials import backend  # noqa: F401
+import weakref
+
+from pytensor.compile.mode import Mode, get_mode
+from pytensor.compile.sharedvalue import SharedVariable
+from pytensor.link.jax.linker import JAXLinker
+from pytensor.tensor.elemwise import CAReduce
 
 __all__ = [
+    "TAG",
+    "DeviceJAXLinker",
     "DynamicIncSlice",
     "DynamicSlice",
     "constant_slice_length",
-    "local_constant_length_incsubtensor",
-    "local_constant_length_subtensor",
-    "local_dynamic_slice_lift",
-    "register_jax_dispatch",
+    "jax_mode",
 ]
+
+#: The tag of the rewrites only the package's JAX mode runs.
+TAG = "deeplearning_tutorials_jax"
 
 _ONE = "1"  # key of the constant term in a linear form
 
@@ -420,26 +428,46 @@ def local_dynamic_slice_lift(fgraph, node):
     return [out]
 
 
-# Only graphs compiled in JAX mode hold DynamicSlice nodes, so the tags of the
-# canonicalize database that this joins do not matter for other backends.
-optdb["canonicalize"].register(
-    "local_dynamic_slice_lift", local_dynamic_slice_lift, "fast_run", "jax"
-)
+@node_rewriter([CAReduce])
+def local_careduce_in_output_dtype(fgraph, node):
+    """Reduce in the accumulator's dtype, then cast to the node's: ``cast(sum{acc}(x))``.
 
+    PyTensor's JAX ``CAReduce`` returns its accumulator's dtype: a float32
+    ``Sum{acc=float64}`` (which every mean in the tutorial's cost becomes) gives a
+    float64 array when JAX runs with 64-bit types, and that float64 then spreads
+    through the gradient of a float32 model. Accumulating in float64 and rounding
+    to the output type is what the C and Numba backends do.
+    """
+    op = node.op
+    acc_dtype = getattr(op, "acc_dtype", None)
+    out_dtype = node.outputs[0].type.dtype
+    if acc_dtype is None or acc_dtype == out_dtype:
+        return None
+    wide = op.clone(dtype=acc_dtype)(*node.inputs)
+    out = pt.cast(wide, out_dtype)
+    copy_stack_trace(node.outputs[0], out)
+    return [out]
+
+
+optdb["canonicalize"].register("local_dynamic_slice_lift", local_dynamic_slice_lift, TAG,
+                               use_db_name_as_tag=False)
+optdb["specialize"].register("local_careduce_in_output_dtype", local_careduce_in_output_dtype,
+                             TAG, use_db_name_as_tag=False)
 
 # Position 0.05: after the first merge (0), so that ``index * bs`` appearing in
 # both bounds is one variable, and before ShapeOpt (0.1) and canonicalize (1),
 # which would otherwise expand ``y.shape[0]`` into the clipped-slice-length
 # formula before the static length is known.
 optdb.register(
-    "jax_constant_length_slices",
+    "deeplearning_tutorials_constant_length_slices",
     dfs_rewriter(
         local_constant_length_subtensor,
         local_constant_length_incsubtensor,
         ignore_newtrees=False,
     ),
-    "jax",
+    TAG,
     position=0.05,
+    use_db_name_as_tag=False,
 )
 
 
@@ -495,3 +523,80 @@ def register_jax_dispatch() -> bool:
 
     _jax_registered = True
     return True
+
+
+class _DeviceCell:
+    """A one-slot storage cell that hands a shared variable's value to JAX as a device array.
+
+    The JIT thunk reads its inputs as ``cell[0]``. This cell reads the shared
+    variable's own storage and returns a cached ``jax.device_put`` of it, so
+    the host array crosses to the device once rather than on every call. The
+    cache is keyed by the identity of the host array, so ``set_value`` (which
+    stores a new array) is seen on the next call; an in-place change of the
+    array obtained with ``get_value(borrow=True)`` is not.
+    """
+
+    __slots__ = ("storage", "variable")
+
+    def __init__(self, variable, storage):
+        self.variable = variable
+        self.storage = storage
+
+    def __getitem__(self, i):
+        return _device_value(self.variable, self.storage[i])
+
+    def __setitem__(self, i, value):
+        self.storage[i] = value
+
+    def __len__(self):
+        return 1
+
+
+# One device copy per shared variable, shared by all the functions that read it;
+# it goes when the variable does.
+_DEVICE_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _device_value(variable, value):
+    import jax
+
+    if isinstance(value, jax.Array):
+        return value
+    hit = _DEVICE_CACHE.get(variable)
+    if hit is not None and hit[0] is value:
+        return hit[1]
+    device = jax.device_put(value)
+    _DEVICE_CACHE[variable] = (value, device)
+    return device
+
+
+class DeviceJAXLinker(JAXLinker):
+    """PyTensor's JAX linker, keeping the shared data a function only reads on the device.
+
+    PyTensor's JAX linker passes every shared variable's storage to the jitted
+    function on each call; a numpy dataset is therefore copied to the device on
+    every minibatch. Shared variables that the function updates already come
+    back as device arrays. For the others this linker hands JAX a cached device
+    copy of the value (see :class:`_DeviceCell`); the shared variable itself
+    keeps its numpy value, so ``get_value`` and the other backends are unaffected.
+    """
+
+    def create_thunk_inputs(self, storage_map):
+        from pytensor.tensor.random.type import RandomType
+
+        thunk_inputs = super().create_thunk_inputs(storage_map)
+        updated = set(getattr(self.fgraph, "update_mapping", {}).values())
+        for i, inp in enumerate(self.fgraph.inputs):
+            if (
+                isinstance(inp, SharedVariable)
+                and not isinstance(inp.type, RandomType)
+                and i not in updated
+                and i not in self.scalar_shape_inputs
+            ):
+                thunk_inputs[i] = _DeviceCell(inp, thunk_inputs[i])
+        return thunk_inputs
+
+
+def jax_mode() -> Mode:
+    """PyTensor's JAX mode with the rewrites of this module and :class:`DeviceJAXLinker`."""
+    return Mode(DeviceJAXLinker(), get_mode("JAX").including(TAG).provided_optimizer)

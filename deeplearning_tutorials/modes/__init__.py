@@ -1,0 +1,79 @@
+"""The package's named modes: PyTensor's backends with the rewrites the tutorials want.
+
+Importing this package registers four modes with
+:func:`pytensor.compile.mode.register_mode`, one per backend:
+
+=============  ==============================================================
+``DLT_NUMBA``  PyTensor's ``NUMBA`` mode (the programs' default)
+``DLT_CVM``    PyTensor's ``CVM`` mode (C code per node, run by a C loop), with
+               matrix products through SciPy's BLAS (:mod:`.c`)
+``DLT_C``      PyTensor's ``C`` mode (the whole function as one C module,
+               compiled without debugging information), with the same products
+``DLT_JAX``    PyTensor's ``JAX`` mode with the minibatch slices of ``givens``
+               made static-length (:mod:`.jax`), and the datasets kept on the
+               device
+=============  ==============================================================
+
+Use them by name once this package is imported::
+
+    import deeplearning_tutorials.modes
+    f = pytensor.function([index], cost, givens=..., mode="DLT_CVM")
+
+The rewrites these modes add are registered under the package's own tags, so
+PyTensor's own modes never run them: ``mode="NUMBA"``, ``"CVM"``, ``"C"`` and
+``"JAX"`` stay PyTensor's, and the package's Ops work there too.
+"""
+
+from pytensor.compile.mode import Mode, get_mode, predefined_modes, register_mode
+from pytensor.link.c.basic import CLinker
+
+__all__ = ["MODES", "PYTENSOR_MODES", "DEFAULT_MODE", "WholeGraphCLinker", "get"]
+
+#: The package's modes, and PyTensor's own that the programs also accept.
+MODES = ("DLT_NUMBA", "DLT_CVM", "DLT_C", "DLT_JAX")
+PYTENSOR_MODES = ("NUMBA", "CVM", "C", "JAX", "FAST_COMPILE")
+DEFAULT_MODE = "DLT_NUMBA"
+
+
+class WholeGraphCLinker(CLinker):
+    """PyTensor's whole-graph C linker, compiling without debugging information.
+
+    Mode ``C`` compiles a whole function into one C module; PyTensor asks the
+    compiler for debugging information (``-g``), about half of the compile time
+    for a module of this size. ``-g0`` overrides it; the code and its
+    optimisation (``-O3``) are unchanged, and the flag is part of the module's
+    cache key.
+    """
+
+    def compile_args(self):
+        return [*super().compile_args(), "-g0"]
+
+
+def _c_mode(name, linker=None):
+    from deeplearning_tutorials.modes import c
+
+    mode = get_mode(name).including(c.TAG)
+    return mode if linker is None else Mode(linker, mode.provided_optimizer)
+
+
+def _jax_mode():
+    from deeplearning_tutorials.modes.jax import jax_mode
+
+    return jax_mode()
+
+
+def _register():
+    if "DLT_NUMBA" in predefined_modes:
+        return
+    register_mode("DLT_NUMBA", get_mode("NUMBA").clone())
+    register_mode("DLT_CVM", _c_mode("CVM"))
+    register_mode("DLT_C", _c_mode("C", WholeGraphCLinker()))
+    register_mode("DLT_JAX", _jax_mode())
+
+
+def get(name):
+    """The mode named ``name`` (one of :data:`MODES` or :data:`PYTENSOR_MODES`)."""
+    return get_mode(name)
+
+
+_register()

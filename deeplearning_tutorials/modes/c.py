@@ -1,0 +1,227 @@
+"""The package's C modes: every node of the tutorials' graphs as C code.
+
+PyTensor's mode ``C`` cannot compile the tutorials' functions as they come, and
+``CVM`` runs some of their nodes in Python:
+
+* a pip-installed PyTensor finds no BLAS to link against, and its products
+  (``Dot22``, ``Gemm``) then have no C code: the package's modes replace each
+  product of two float matrices with :class:`MatMul`, whose C code calls the
+  ``sgemm`` / ``dgemm`` that the convolutions use (``nnet/c/blas.h``);
+* ``Softmax`` and ``LogSoftmax`` have no C code in PyTensor 3.0: they are
+  inlined, into elementwise and reduction nodes that have;
+* the likelihood's pick ``log(p)[arange(n), y]`` and its gradient
+  (``AdvancedSubtensor`` / ``AdvancedIncSubtensor`` with two index vectors) have
+  none either: they become a flat take of the raveled matrix, which has.
+
+The rewrites are registered under the package's own tag, :data:`TAG`, which only
+the package's C modes include; they give the same numbers as PyTensor's own
+nodes (the same sums in the same order, on the same BLAS as NumPy's products
+up to its choice of kernel).
+"""
+
+import pytensor.tensor as pt
+from pytensor.compile import optdb
+from pytensor.compile.builders import OpFromGraph
+from pytensor.graph.basic import Apply
+from pytensor.graph.rewriting.basic import copy_stack_trace, dfs_rewriter, node_rewriter
+from pytensor.link.c.op import COp
+from pytensor.raise_op import Assert
+from pytensor.tensor.math import Dot
+from pytensor.tensor.shape import Shape_i
+from pytensor.tensor.special import LogSoftmax, Softmax
+from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
+
+try:  # PyTensor 3.0; later versions merged these into the Ops above, with C code.
+    from pytensor.tensor.subtensor import AdvancedIncSubtensor1, AdvancedSubtensor1
+except ImportError:
+    AdvancedIncSubtensor1 = AdvancedSubtensor1 = None
+
+from deeplearning_tutorials.nnet.conv import c_support_code, c_type_name
+
+__all__ = ["TAG", "MatMul", "matmul"]
+
+#: The tag of the rewrites only the package's C modes run.
+TAG = "deeplearning_tutorials_c"
+
+_C_CODE = """
+{
+    PyArrayObject *ca = NULL, *cb = NULL;
+    npy_intp dims[2];
+    char ta, tb;
+    int lda, ldb, ok = 0;
+    if (dlt_blas_init() != 0) { %(fail)s }
+    /* A transposed view is passed as it is, with BLAS's transpose flag. */
+    if (PyArray_IS_C_CONTIGUOUS(%(x)s)) { ca = %(x)s; Py_INCREF(ca); ta = 'N'; }
+    else if (PyArray_IS_F_CONTIGUOUS(%(x)s)) { ca = %(x)s; Py_INCREF(ca); ta = 'T'; }
+    else { ca = PyArray_GETCONTIGUOUS(%(x)s); ta = 'N'; }
+    if (PyArray_IS_C_CONTIGUOUS(%(y)s)) { cb = %(y)s; Py_INCREF(cb); tb = 'N'; }
+    else if (PyArray_IS_F_CONTIGUOUS(%(y)s)) { cb = %(y)s; Py_INCREF(cb); tb = 'T'; }
+    else { cb = PyArray_GETCONTIGUOUS(%(y)s); tb = 'N'; }
+    if (ca == NULL || cb == NULL) goto fail_%(name)s;
+    if (PyArray_DIMS(ca)[1] != PyArray_DIMS(cb)[0]) {
+        PyErr_Format(PyExc_ValueError, "matmul: shapes (%%ld, %%ld) and (%%ld, %%ld) do not fit",
+                     (long)PyArray_DIMS(ca)[0], (long)PyArray_DIMS(ca)[1],
+                     (long)PyArray_DIMS(cb)[0], (long)PyArray_DIMS(cb)[1]);
+        goto fail_%(name)s;
+    }
+    dims[0] = PyArray_DIMS(ca)[0];
+    dims[1] = PyArray_DIMS(cb)[1];
+    if (%(z)s == NULL || !PyArray_IS_C_CONTIGUOUS(%(z)s) || PyArray_DIMS(%(z)s)[0] != dims[0]
+        || PyArray_DIMS(%(z)s)[1] != dims[1]) {
+        Py_XDECREF(%(z)s);
+        %(z)s = (PyArrayObject*)PyArray_EMPTY(2, dims, %(typenum)s, 0);
+        if (%(z)s == NULL) goto fail_%(name)s;
+    }
+    lda = ta == 'N' ? (int)PyArray_DIMS(ca)[1] : (int)PyArray_DIMS(ca)[0];
+    ldb = tb == 'N' ? (int)PyArray_DIMS(cb)[1] : (int)PyArray_DIMS(cb)[0];
+    if (lda < 1) lda = 1;
+    if (ldb < 1) ldb = 1;
+    if (dims[0] > 0 && dims[1] > 0 && PyArray_DIMS(ca)[1] == 0)
+        memset(PyArray_DATA(%(z)s), 0, PyArray_NBYTES(%(z)s));
+    else if (dims[0] > 0 && dims[1] > 0)
+        dlt_gemm_%(sfx)s(ta, tb, (int)dims[0], (int)dims[1], (int)PyArray_DIMS(ca)[1], 1,
+                         (%(ctype)s*)PyArray_DATA(ca), lda, (%(ctype)s*)PyArray_DATA(cb), ldb,
+                         0, (%(ctype)s*)PyArray_DATA(%(z)s), dims[1] > 1 ? (int)dims[1] : 1);
+    ok = 1;
+  fail_%(name)s:
+    Py_XDECREF(ca);
+    Py_XDECREF(cb);
+    if (!ok) { %(fail)s }
+}
+"""
+
+
+class MatMul(COp):
+    """The product of two float32 or float64 matrices of one dtype, through SciPy's BLAS."""
+
+    __props__ = ()
+
+    def make_node(self, x, y):
+        x, y = pt.as_tensor_variable(x), pt.as_tensor_variable(y)
+        if x.type.ndim != 2 or y.type.ndim != 2:
+            raise TypeError(f"MatMul needs two matrices, got {x.type} and {y.type}")
+        if x.type.dtype != y.type.dtype or x.type.dtype not in ("float32", "float64"):
+            raise TypeError(f"MatMul needs two float32 or float64 matrices, got {x.type}, {y.type}")
+        out = pt.tensor(dtype=x.type.dtype, shape=(x.type.shape[0], y.type.shape[1]))
+        return Apply(self, [x, y], [out])
+
+    def perform(self, node, inputs, output_storage):
+        x, y = inputs
+        output_storage[0][0] = x @ y
+
+    def pullback(self, inputs, outputs, output_grads):
+        x, y = inputs
+        (gz,) = output_grads
+        return [self(gz, y.T), self(x.T, gz)]
+
+    def c_code_cache_version(self):
+        return (1,)
+
+    def c_support_code(self, **kwargs):
+        return c_support_code()
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        dtype = node.outputs[0].dtype
+        return _C_CODE % dict(
+            x=inputs[0], y=inputs[1], z=outputs[0], name=name, fail=sub["fail"],
+            sfx=c_type_name(dtype), ctype={"float32": "npy_float32", "float64": "npy_float64"}[dtype],
+            typenum=f"NPY_{dtype.upper()}",
+        )
+
+
+matmul = MatMul()
+
+
+@node_rewriter([Dot])
+def local_dot_to_matmul(fgraph, node):
+    """``dot(x, y)`` of two float matrices of one dtype -> :class:`MatMul`."""
+    x, y = node.inputs
+    out = node.outputs[0]
+    if not (x.type.ndim == y.type.ndim == 2 and x.type.dtype == y.type.dtype == out.type.dtype
+            and out.type.dtype in ("float32", "float64")):
+        return None
+    new = matmul(x, y)
+    copy_stack_trace(out, new)
+    return [new]
+
+
+# Before PyTensor's BlasOpt (1.7), which would turn the products into Dot22 and Gemm.
+optdb.register(
+    "deeplearning_tutorials_matmul", dfs_rewriter(local_dot_to_matmul), TAG, position=1.69,
+    use_db_name_as_tag=False,
+)
+
+
+@node_rewriter([Softmax, LogSoftmax])
+def local_inline_softmax(fgraph, node):
+    """Inline a ``Softmax`` / ``LogSoftmax`` that is an ``OpFromGraph`` (PyTensor 3.0)."""
+    if not isinstance(node.op, OpFromGraph):
+        return None
+    from pytensor.tensor.rewriting.ofg import inline_ofg_node
+
+    outs = inline_ofg_node(node)
+    copy_stack_trace(node.outputs, outs)
+    return outs
+
+
+def _is_matrix_pair(op, x, indices):
+    """Whether ``op`` indexes the matrix ``x`` as ``x[rows, cols]`` with two integer vectors."""
+    return (x.ndim == 2 and len(indices) == 2 and getattr(op, "idx_list", (0, 1)) == (0, 1)
+            and all(i.ndim == 1 and i.type.dtype.startswith(("int", "uint")) for i in indices))
+
+
+def _flat_pair_index(x, rows, cols):
+    """The flat index of ``x[rows, cols]`` in ``x.ravel()``, negative indices wrapped."""
+    n_rows, n_cols = Shape_i(0)(x), Shape_i(1)(x)
+    rows = pt.switch(pt.lt(rows, 0), rows + n_rows, rows)
+    cols = pt.switch(pt.lt(cols, 0), cols + n_cols, cols)
+    # The flat index would lose the column check: keep it.
+    cols = Assert("index out of bounds in the column axis")(
+        cols, pt.all(pt.ge(cols, 0) & pt.lt(cols, n_cols))
+    )
+    return rows.astype("int64") * n_cols + cols.astype("int64")
+
+
+@node_rewriter([AdvancedSubtensor, AdvancedIncSubtensor])
+def local_pair_indexing(fgraph, node):
+    """``x[rows, cols]`` of a matrix (and its gradient) as a take of ``x.ravel()``."""
+    if isinstance(node.op, AdvancedIncSubtensor):
+        x, y, *indices = node.inputs
+    else:
+        x, *indices = node.inputs
+    if not _is_matrix_pair(node.op, x, indices):
+        return None
+    flat = _flat_pair_index(x, *indices)
+    if isinstance(node.op, AdvancedIncSubtensor):
+        if y.ndim > 1 or getattr(node.op, "ignore_duplicates", False):
+            return None
+        if y.type.broadcastable != flat.type.broadcastable:
+            # AdvancedIncSubtensor1 has C code only for a y as long as the index.
+            y = pt.alloc(y, Shape_i(0)(flat))
+        if AdvancedIncSubtensor1 is not None:
+            inc = AdvancedIncSubtensor1(set_instead_of_inc=node.op.set_instead_of_inc)
+            out = inc(x.reshape((-1,)), y, flat)
+        else:
+            target = x.reshape((-1,))[flat]
+            out = (pt.set_subtensor(target, y) if node.op.set_instead_of_inc
+                   else pt.inc_subtensor(target, y))
+        out = out.reshape((Shape_i(0)(x), Shape_i(1)(x)))
+    elif AdvancedSubtensor1 is not None:
+        out = AdvancedSubtensor1()(x.reshape((-1,)), flat)
+    else:
+        out = x.reshape((-1,))[flat]
+    if out.type.broadcastable != node.outputs[0].type.broadcastable:
+        return None
+    copy_stack_trace(node.outputs, [out])
+    return [out]
+
+
+# In ``specialize``, after ``stabilize`` has turned ``log(softmax(x))`` into ``LogSoftmax``.
+optdb["specialize"].register("deeplearning_tutorials_inline_softmax", local_inline_softmax, TAG,
+                             use_db_name_as_tag=False)
+# After ``specialize``, so that no later simplification folds the explicit
+# broadcast of the gradient's ``y`` back into a broadcastable one.
+optdb.register(
+    "deeplearning_tutorials_pair_indexing", dfs_rewriter(local_pair_indexing), TAG, position=48.7,
+    use_db_name_as_tag=False,
+)

@@ -1,0 +1,285 @@
+/* The true 'valid' convolution of x (B, C, H, W) with w (F, C, kh, kw) and its two
+   gradients, for one C type.  The including code defines DLT_T (the type) and
+   DLT_FN(name) (the name of this type's copy of a function).
+
+   Layers with many taps per output (K = C*kh*kw) go through im2col: a chunk of nb
+   images becomes cols (K, nb*P), P = oh*ow, and one GEMM with the flipped filters
+   wf (F, K) does the arithmetic.  Layers with few taps (K <= 32: LeNet5's first,
+   with 25) are computed directly, each image in the first-level cache, since there
+   im2col would write K copies of every image for products of only K terms.
+
+   The loops over images run on OpenMP's threads when the Op is compiled with it
+   (PyTensor's ``openmp`` flag); the GEMMs on BLAS's own.  Each function returns
+   0, or -1 when out of memory. */
+
+#define DLT_DIRECT(K) ((K) <= 32)
+
+/* w (F, C, kh, kw) -> wf (F, K), flipped in both spatial axes. */
+static void DLT_FN(dlt_flip)(const DLT_T* w, int F, int C, int kh, int kw, DLT_T* wf)
+{
+    int f, c, u, v, K = C * kh * kw;
+    for (f = 0; f < F; ++f)
+        for (c = 0; c < C; ++c)
+            for (u = 0; u < kh; ++u)
+                for (v = 0; v < kw; ++v)
+                    wf[(long)f * K + (c * kh + u) * kw + v] =
+                        w[(((long)f * C + c) * kh + (kh - 1 - u)) * kw + (kw - 1 - v)];
+}
+
+/* cols (K, nb*P) <- the patches of images b0 .. b0+nb-1 of x. */
+static void DLT_FN(dlt_im2col)(const DLT_T* x, int b0, int nb, int C, int H, int W, int kh,
+                               int kw, DLT_T* cols)
+{
+    const int oh = H - kh + 1, ow = W - kw + 1;
+    const long P = (long)oh * ow, ncol = (long)nb * P;
+    int b;
+#pragma omp parallel for schedule(static)
+    for (b = 0; b < nb; ++b) {
+        int c, u, v, i, j;
+        for (c = 0; c < C; ++c)
+            for (u = 0; u < kh; ++u)
+                for (v = 0; v < kw; ++v) {
+                    DLT_T* row = cols + ((long)(c * kh + u) * kw + v) * ncol + b * P;
+                    for (i = 0; i < oh; ++i) {
+                        const DLT_T* src = x + (((long)(b0 + b) * C + c) * H + i + u) * W + v;
+                        for (j = 0; j < ow; ++j) row[(long)i * ow + j] = src[j];
+                    }
+                }
+    }
+}
+
+/* Images b0 .. b0+nb-1 of gx (B, C, H, W) = the sum of dcols (K, nb*P) put back
+   where im2col took each entry from. */
+static void DLT_FN(dlt_col2im)(const DLT_T* dcols, int b0, int nb, int C, int H, int W, int kh,
+                               int kw, DLT_T* gx)
+{
+    const int oh = H - kh + 1, ow = W - kw + 1;
+    const long P = (long)oh * ow, ncol = (long)nb * P;
+    int b;
+#pragma omp parallel for schedule(static)
+    for (b = 0; b < nb; ++b) {
+        int c, u, v, i, j;
+        memset(gx + (long)(b0 + b) * C * H * W, 0, sizeof(DLT_T) * (long)C * H * W);
+        for (c = 0; c < C; ++c)
+            for (u = 0; u < kh; ++u)
+                for (v = 0; v < kw; ++v) {
+                    const DLT_T* row = dcols + ((long)(c * kh + u) * kw + v) * ncol + b * P;
+                    for (i = 0; i < oh; ++i) {
+                        DLT_T* dst = gx + (((long)(b0 + b) * C + c) * H + i + u) * W + v;
+                        for (j = 0; j < ow; ++j) dst[j] += row[(long)i * ow + j];
+                    }
+                }
+    }
+}
+
+/* z (B, F, P) <-> zm (F, nb*P) for images b0 .. b0+nb-1: gather into zm, or scatter from it. */
+static void DLT_FN(dlt_bfp)(DLT_T* z, int b0, int nb, int F, long P, DLT_T* zm, int scatter)
+{
+    int b;
+#pragma omp parallel for schedule(static)
+    for (b = 0; b < nb; ++b) {
+        int f;
+        for (f = 0; f < F; ++f) {
+            DLT_T* a = z + ((long)(b0 + b) * F + f) * P;
+            DLT_T* m = zm + (long)f * nb * P + (long)b * P;
+            if (scatter) memcpy(a, m, P * sizeof(DLT_T));
+            else memcpy(m, a, P * sizeof(DLT_T));
+        }
+    }
+}
+
+/* out (B, F, oh, ow) directly: a row of outputs is the sum of K shifted input rows,
+   each times one tap, four filters at a time (each input row loaded once for the
+   four), in the order (c, u, v). */
+static void DLT_FN(dlt_conv_fwd_direct)(const DLT_T* x, const DLT_T* wf, DLT_T* out, int B,
+                                        int C, int H, int W, int F, int kh, int kw)
+{
+    const int oh = H - kh + 1, ow = W - kw + 1, K = C * kh * kw;
+    const long P = (long)oh * ow;
+    int b;
+#pragma omp parallel for schedule(static)
+    for (b = 0; b < B; ++b) {
+        const DLT_T* xb = x + (long)b * C * H * W;
+        DLT_T a0[512], a1[512], a2[512], a3[512];
+        int f, c, u, v, i, j, n;
+        for (f = 0; f < F; f += 4) {
+            const DLT_T* wff = wf + (long)f * K;
+            n = F - f < 4 ? F - f : 4;
+            for (i = 0; i < oh; ++i) {
+                DLT_T* o = out + ((long)b * F + f) * P + (long)i * ow;
+                for (j = 0; j < ow; ++j) a0[j] = a1[j] = a2[j] = a3[j] = 0;
+                for (c = 0; c < C; ++c)
+                    for (u = 0; u < kh; ++u) {
+                        const DLT_T* xr = xb + ((long)c * H + i + u) * W;
+                        const DLT_T* wr = wff + (c * kh + u) * kw;
+                        for (v = 0; v < kw; ++v) {
+                            const DLT_T t0 = wr[v];
+                            const DLT_T t1 = n > 1 ? wr[K + v] : 0;
+                            const DLT_T t2 = n > 2 ? wr[2 * K + v] : 0;
+                            const DLT_T t3 = n > 3 ? wr[3 * K + v] : 0;
+                            for (j = 0; j < ow; ++j) {
+                                const DLT_T xv = xr[j + v];
+                                a0[j] += t0 * xv;
+                                a1[j] += t1 * xv;
+                                a2[j] += t2 * xv;
+                                a3[j] += t3 * xv;
+                            }
+                        }
+                    }
+                for (j = 0; j < ow; ++j) o[j] = a0[j];
+                if (n > 1) for (j = 0; j < ow; ++j) o[P + j] = a1[j];
+                if (n > 2) for (j = 0; j < ow; ++j) o[2 * P + j] = a2[j];
+                if (n > 3) for (j = 0; j < ow; ++j) o[3 * P + j] = a3[j];
+            }
+        }
+    }
+}
+
+/* out (B, F, oh, ow) = conv(x, w). */
+static int DLT_FN(dlt_conv_fwd)(const DLT_T* x, const DLT_T* w, DLT_T* out, int B, int C, int H,
+                                int W, int F, int kh, int kw)
+{
+    const int oh = H - kh + 1, ow = W - kw + 1, K = C * kh * kw;
+    const long P = (long)oh * ow;
+    int chunk, b0, nb;
+    DLT_T *wf, *cols, *zm;
+    if (B == 0 || F == 0 || P == 0) return 0;
+    wf = (DLT_T*)dlt_scratch(0, sizeof(DLT_T) * (long)F * K);
+    if (!wf) return -1;
+    DLT_FN(dlt_flip)(w, F, C, kh, kw, wf);
+    if (DLT_DIRECT(K) && ow <= 512) {
+        DLT_FN(dlt_conv_fwd_direct)(x, wf, out, B, C, H, W, F, kh, kw);
+        return 0;
+    }
+    chunk = dlt_chunk(B, (long)(K > F ? K : F) * P);
+    cols = (DLT_T*)dlt_scratch(1, sizeof(DLT_T) * (long)K * chunk * P);
+    zm = (DLT_T*)dlt_scratch(2, sizeof(DLT_T) * (long)F * chunk * P);
+    if (!cols || !zm) return -1;
+    for (b0 = 0; b0 < B; b0 += chunk) {
+        nb = B - b0 < chunk ? B - b0 : chunk;
+        DLT_FN(dlt_im2col)(x, b0, nb, C, H, W, kh, kw, cols);
+        DLT_FN(dlt_gemm)('N', 'N', F, (int)(nb * P), K, 1, wf, K, cols, (int)(nb * P), 0, zm,
+                         (int)(nb * P));
+        DLT_FN(dlt_bfp)(out, b0, nb, F, P, zm, 1);
+    }
+    return 0;
+}
+
+/* gx (B, C, oh+kh-1, ow+kw-1), the gradient of conv(x, w) with respect to x,
+   from gz (B, F, oh, ow). */
+static int DLT_FN(dlt_conv_gi)(const DLT_T* gz, const DLT_T* w, DLT_T* gx, int B, int F, int oh,
+                               int ow, int C, int kh, int kw)
+{
+    const int H = oh + kh - 1, W = ow + kw - 1, K = C * kh * kw;
+    const long P = (long)oh * ow;
+    int chunk, b0, nb;
+    DLT_T *wf, *dcols, *zm;
+    if (B == 0 || C == 0) return 0;
+    if (P == 0 || F == 0) {
+        memset(gx, 0, sizeof(DLT_T) * (long)B * C * H * W);
+        return 0;
+    }
+    chunk = dlt_chunk(B, (long)(K > F ? K : F) * P);
+    wf = (DLT_T*)dlt_scratch(0, sizeof(DLT_T) * (long)F * K);
+    dcols = (DLT_T*)dlt_scratch(1, sizeof(DLT_T) * (long)K * chunk * P);
+    zm = (DLT_T*)dlt_scratch(2, sizeof(DLT_T) * (long)F * chunk * P);
+    if (!wf || !dcols || !zm) return -1;
+    DLT_FN(dlt_flip)(w, F, C, kh, kw, wf);
+    for (b0 = 0; b0 < B; b0 += chunk) {
+        nb = B - b0 < chunk ? B - b0 : chunk;
+        DLT_FN(dlt_bfp)((DLT_T*)gz, b0, nb, F, P, zm, 0);
+        DLT_FN(dlt_gemm)('T', 'N', K, (int)(nb * P), F, 1, wf, K, zm, (int)(nb * P), 0, dcols,
+                         (int)(nb * P));
+        DLT_FN(dlt_col2im)(dcols, b0, nb, C, H, W, kh, kw, gx);
+    }
+    return 0;
+}
+
+/* gwt (K, F), the filters' gradient (flipped, transposed) directly: each part of
+   the batch sums gz[b, f, i, j] * x[b, c, i+u, j+v] over its images into its own
+   block of G, in double; the blocks are then added in order. */
+static int DLT_FN(dlt_conv_gw_direct)(const DLT_T* x, const DLT_T* gz, DLT_T* gwt, int B, int C,
+                                      int H, int W, int F, int oh, int ow)
+{
+    const int kh = H - oh + 1, kw = W - ow + 1, K = C * kh * kw;
+    int nparts = 1, part;
+    long k;
+    double* G;
+#ifdef _OPENMP
+    nparts = omp_get_max_threads();
+#endif
+    if (nparts > B) nparts = B;
+    G = (double*)dlt_scratch(3, sizeof(double) * (long)nparts * K * F);
+    if (!G) return -1;
+#pragma omp parallel for schedule(static)
+    for (part = 0; part < nparts; ++part) {
+        double* Gp = G + (long)part * K * F;
+        const long lo = (long)B * part / nparts, hi = (long)B * (part + 1) / nparts;
+        long b;
+        int f, c, u, v, i, j;
+        memset(Gp, 0, sizeof(double) * (long)K * F);
+        for (b = lo; b < hi; ++b)
+            for (f = 0; f < F; ++f) {
+                const DLT_T* g = gz + ((long)b * F + f) * oh * ow;
+                for (c = 0; c < C; ++c) {
+                    const DLT_T* xc = x + ((long)b * C + c) * H * W;
+                    for (u = 0; u < kh; ++u)
+                        for (v = 0; v < kw; ++v) {
+                            DLT_T sum = 0;
+                            for (i = 0; i < oh; ++i) {
+                                const DLT_T* gr = g + (long)i * ow;
+                                const DLT_T* xr = xc + (long)(i + u) * W + v;
+                                for (j = 0; j < ow; ++j) sum += gr[j] * xr[j];
+                            }
+                            Gp[(long)((c * kh + u) * kw + v) * F + f] += sum;
+                        }
+                }
+            }
+    }
+    for (k = 0; k < (long)K * F; ++k) {
+        double sum = 0;
+        for (part = 0; part < nparts; ++part) sum += G[(long)part * K * F + k];
+        gwt[k] = (DLT_T)sum;
+    }
+    return 0;
+}
+
+/* gw (F, C, H-oh+1, W-ow+1), the gradient of conv(x, w) with respect to w, from
+   x (B, C, H, W) and gz (B, F, oh, ow). */
+static int DLT_FN(dlt_conv_gw)(const DLT_T* x, const DLT_T* gz, DLT_T* gw, int B, int C, int H,
+                               int W, int F, int oh, int ow)
+{
+    const int kh = H - oh + 1, kw = W - ow + 1, K = C * kh * kw;
+    const long P = (long)oh * ow;
+    int chunk, b0, nb, f, c, u, v;
+    DLT_T *gwt, *cols, *zm;
+    /* gwt (K, F) = cols (K, N) @ zm^T: this way round BLAS splits the work over
+       its threads. */
+    gwt = (DLT_T*)dlt_scratch(0, sizeof(DLT_T) * ((long)K * F + 1));
+    if (!gwt) return -1;
+    memset(gwt, 0, sizeof(DLT_T) * (long)K * F);
+    if (B > 0 && P > 0 && K > 0 && F > 0) {
+        if (DLT_DIRECT(K)) {
+            if (DLT_FN(dlt_conv_gw_direct)(x, gz, gwt, B, C, H, W, F, oh, ow) != 0) return -1;
+        } else {
+            chunk = dlt_chunk(B, (long)(K > F ? K : F) * P);
+            cols = (DLT_T*)dlt_scratch(1, sizeof(DLT_T) * (long)K * chunk * P);
+            zm = (DLT_T*)dlt_scratch(2, sizeof(DLT_T) * (long)F * chunk * P);
+            if (!cols || !zm) return -1;
+            for (b0 = 0; b0 < B; b0 += chunk) {
+                nb = B - b0 < chunk ? B - b0 : chunk;
+                DLT_FN(dlt_im2col)(x, b0, nb, C, H, W, kh, kw, cols);
+                DLT_FN(dlt_bfp)((DLT_T*)gz, b0, nb, F, P, zm, 0);
+                DLT_FN(dlt_gemm)('N', 'T', K, F, (int)(nb * P), 1, cols, (int)(nb * P), zm,
+                                 (int)(nb * P), 1, gwt, F);
+            }
+        }
+    }
+    for (f = 0; f < F; ++f)
+        for (c = 0; c < C; ++c)
+            for (u = 0; u < kh; ++u)
+                for (v = 0; v < kw; ++v)
+                    gw[(((long)f * C + c) * kh + (kh - 1 - u)) * kw + (kw - 1 - v)] =
+                        gwt[(long)((c * kh + u) * kw + v) * F + f];
+    return 0;
+}
