@@ -11,20 +11,23 @@ This module imports no lesson: each lesson's ``__main__`` block hands its
 function over, as in ``sys.exit(cli.main(evaluate_lenet5))``.
 
 Exit codes: 0 on success; 2 for an argument that makes no sense, refused
-with one line on standard error before anything compiles; 1 for a dataset
-that cannot be found or read, or a run that diverges, also one line; 130 when
-interrupted.
+with one line on standard error before anything compiles (output files that
+cannot be written, that name the dataset or each other, or that another run
+holds included); 1 for a dataset that cannot be found or read, a run that
+diverges, an output file that fails to be written, a lack of memory, or a
+PyTensor compile directory or C compiler that cannot be used, also one line;
+130 when interrupted, with a line naming the checkpoint to resume from.
 """
 
 import argparse
 import ast
 import collections.abc
+import errno
 import inspect
 import os
 import sys
 
 from deeplearning_tutorials import datasets, training
-from deeplearning_tutorials.flags import FLOATX, MODES
 
 #: keywords whose value is a file path that may be switched off with ``none``
 OPTIONAL_PATHS = ("save_best", "checkpoint")
@@ -34,7 +37,7 @@ ALIASES = {"save_best": ["--save"]}
 
 #: help for keywords the lessons' docstrings do not describe
 EXTRA_HELP = {
-    "mode": "PyTensor backend the run compiles for: " + ", ".join(MODES)
+    "mode": "PyTensor backend the run compiles for: {modes}"
     + " (default: PyTensor's own, NUMBA)",
     "floatX": "float precision of the data and parameters (default: PyTensor's floatX)",
 }
@@ -107,13 +110,17 @@ def add_signature_options(parser, function, grid=False, skip=()):
     list of str
         The keyword names added, in signature order.
     """
+    # PyTensor is imported here, not with this module, so that a program can
+    # answer a PyTensor that fails to import (see compiledir_fault) in one line.
+    from deeplearning_tutorials.flags import FLOATX, MODES
+
     described = _docstring_parameters(function)
     names = []
     for name, parameter in inspect.signature(function).parameters.items():
         if parameter.default is inspect.Parameter.empty or name in skip:
             continue
         default = parameter.default
-        help = described.get(name) or EXTRA_HELP.get(name, "")
+        help = described.get(name) or EXTRA_HELP.get(name, "").format(modes=", ".join(MODES))
         kwargs = {"dest": name}
         if name == "mode":
             kwargs.update(type=str.upper, choices=MODES, metavar="{" + ",".join(MODES) + "}")
@@ -197,6 +204,100 @@ def fail(prog, message, code):
     return code
 
 
+def interrupted_message(checkpoint):
+    """The line an interrupted run ends with: where to resume from, if anywhere."""
+    if checkpoint is None:
+        return "interrupted"
+    if os.path.isfile(checkpoint):
+        return (
+            f"interrupted; the checkpoint {checkpoint} holds the last finished epoch: "
+            f"continue with --checkpoint {checkpoint} --resume"
+        )
+    return f"interrupted before the first checkpoint was written to {checkpoint}; nothing to resume"
+
+
+def _chain(exc):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+#: errors of a folder that cannot be written
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def compiledir_fault(exc):
+    """A one-line message when ``exc`` comes from PyTensor's compile directory, else None.
+
+    Recognised: an unwritable or full compile directory met while compiling
+    (an ``OSError`` for a path inside ``pytensor.config.compiledir``, whatever
+    exception PyTensor raises in its place), and PyTensor's own refusal of
+    its ``compiledir`` flag when it is imported.
+    """
+    for e in _chain(exc):
+        if isinstance(e, ValueError) and "compiledir" in str(e) and "permission" in str(e).lower():
+            return (
+                f"PyTensor cannot use its compile directory ({e}); set "
+                "PYTENSOR_FLAGS=compiledir=<a writable folder>"
+            )
+    try:
+        import pytensor
+
+        folder = os.path.realpath(str(pytensor.config.compiledir))
+    except (ImportError, ValueError, AttributeError):  # PyTensor did not import
+        return None
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in _UNWRITABLE and e.filename:
+            path = os.path.realpath(os.fspath(e.filename))
+            if path == folder or path.startswith(folder + os.sep):
+                advice = "make room there, or set" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "set"
+                return (
+                    f"PyTensor cannot write its compile directory {folder} ({e.strerror}); "
+                    f"{advice} PYTENSOR_FLAGS=compiledir=<a writable folder>"
+                )
+    return None
+
+
+def _raised_in_c_backend(exc):
+    """Whether ``exc`` was raised in PyTensor's C backend (``pytensor/link/c``)."""
+    marker = os.sep + os.path.join("pytensor", "link", "c") + os.sep
+    tb = exc.__traceback__
+    while tb is not None:
+        if marker in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def no_compiler_fault(exc):
+    """A one-line message when ``exc`` is PyTensor lacking a C compiler, else None.
+
+    PyTensor raises a bare ``NotImplementedError`` from its C backend when
+    its ``cxx`` flag is empty (no compiler found) and a mode needs one.
+    """
+    if not isinstance(exc, NotImplementedError) or not _raised_in_c_backend(exc):
+        return None
+    import pytensor
+
+    if pytensor.config.cxx:
+        return None
+    return (
+        "PyTensor found no C compiler (its cxx flag is empty), which this mode needs: "
+        "install g++, or choose --mode NUMBA"
+    )
+
+
+def memory_message(exc):
+    """The one line for a run that ran out of memory."""
+    detail = " ".join(str(exc).split())
+    return (
+        "out of memory" + (f" ({detail})" if detail else "")
+        + "; choose smaller nkerns, n_hidden or batch_size, or use --subset"
+    )
+
+
 def main(function, argv=None):
     """Run ``function`` with the options of the command line ``argv``.
 
@@ -220,19 +321,39 @@ def main(function, argv=None):
         return exc.code
     n = args.pop("subset", None)
     prog = parser.prog
+    checkpoint = args.get("checkpoint")
     try:
-        if n is not None:
-            args["dataset"] = subset(args["dataset"], n)
-        function(**args)
+        # Before anything is read or compiled: the arguments, the output
+        # files (writable, not the dataset, not in use by another run)...
+        training.check_arguments(args)
+        # ... which stay locked until the run ends.
+        with training.output_locks(save_best=args.get("save_best"), checkpoint=checkpoint), \
+                training.interrupt_guard():
+            if n is not None:
+                args["dataset"] = subset(args["dataset"], n)
+            function(**args)
     except training.Diverged as exc:
         return fail(prog, exc, 1)
     except datasets.DatasetError as exc:
         return fail(prog, exc, 1)
     except training.ArgumentError as exc:
         return fail(prog, exc, 2)
+    except training.OutputError as exc:
+        return fail(prog, exc, 1)
+    except MemoryError as exc:
+        return fail(prog, memory_message(exc), 1)
     except KeyboardInterrupt:
-        hint = " (resume with --resume)" if args.get("checkpoint") else ""
-        return fail(prog, "interrupted" + hint, 130)
+        return fail(prog, interrupted_message(checkpoint), 130)
+    except Exception as exc:
+        # Only these are answered in one line; anything else is a bug to see whole.
+        if training.interrupted(exc):
+            return fail(prog, interrupted_message(checkpoint), 130)
+        if any(isinstance(e, MemoryError) for e in _chain(exc)):
+            return fail(prog, memory_message(exc), 1)
+        message = compiledir_fault(exc) or no_compiler_fault(exc)
+        if message is None:
+            raise
+        return fail(prog, message, 1)
     return 0
 
 

@@ -226,10 +226,12 @@ def test_check_arguments_other_names():
 
 
 def test_check_batches():
-    x = np.zeros((100, 4))
+    x = np.zeros((100, 784))
     training.check_batches(100, x, x, x)
     with pytest.raises(training.ArgumentError, match="larger than the validation set"):
         training.check_batches(60, x, x[:50], x)
+    with pytest.raises(training.ArgumentError, match="test images must be a matrix of 784 columns"):
+        training.check_batches(10, x, x, np.zeros((100, 28, 28)))
 
 
 # --------------------------------------------------------------------------
