@@ -4,16 +4,15 @@
   convolution of ``(batch, in_maps, h, w)`` images with ``(n_filters, in_maps, kh, kw)`` filters;
 * :func:`pool_2d` and :func:`max_pool_2d` -- non-overlapping max pooling of the last two axes.
 
-The Ops carry their own NumPy and C implementations; importing this package
-registers their Numba implementations (:mod:`.numba`) with PyTensor's Numba
-backend, and their JAX ones (:mod:`.jax`) the first time a graph holding them is
-compiled for JAX. Nothing else of PyTensor changes.
+The Ops carry their own NumPy and C implementations. Their Numba (:mod:`.numba`)
+and JAX (:mod:`.jax`) implementations are registered with PyTensor's backends the
+first time a graph holding them is compiled (see :func:`register_numba` and
+:func:`register_jax`). Nothing else of PyTensor changes.
 """
 
 from pytensor.compile import optdb
 from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
 
-from deeplearning_tutorials.nnet import numba as _numba  # noqa: F401 (registers)
 from deeplearning_tutorials.nnet.conv import (
     Conv2d,
     Conv2dGradFilters,
@@ -23,8 +22,26 @@ from deeplearning_tutorials.nnet.conv import (
 from deeplearning_tutorials.nnet.pool import MaxPool2d, MaxPool2dGrad, max_pool_2d, pool_2d
 
 
-@node_rewriter([Conv2d, Conv2dGradInputs, Conv2dGradFilters, MaxPool2d, MaxPool2dGrad])
-def register_jax_implementations(fgraph, node):
+_OPS = [Conv2d, Conv2dGradInputs, Conv2dGradFilters, MaxPool2d, MaxPool2dGrad]
+
+
+@node_rewriter(_OPS)
+def register_numba(fgraph, node):
+    """Register the Ops' Numba implementations; change nothing in the graph.
+
+    Port note: importing PyTensor's Numba dispatch (which :mod:`.numba` must do
+    to register) imports Numba and SciPy's BLAS, whose threads start as it loads;
+    so it is not done at import, but by this rewrite, which runs in every
+    ``fast_run`` mode (PyTensor's default Numba mode asks for no tag of its own),
+    only on graphs that hold these Ops, before any linker converts them.
+    """
+    from deeplearning_tutorials.nnet import numba  # noqa: F401 (registers)
+
+    return None
+
+
+@node_rewriter(_OPS)
+def register_jax(fgraph, node):
     """Register the Ops' JAX implementations; change nothing in the graph.
 
     Port note: importing PyTensor's JAX dispatch (which :mod:`.jax` must do to
@@ -38,10 +55,9 @@ def register_jax_implementations(fgraph, node):
     return None
 
 
-optdb.register(
-    "deeplearning_tutorials_nnet_jax", dfs_rewriter(register_jax_implementations), "jax",
-    position=0,
-)
+optdb.register("deeplearning_tutorials_nnet_numba", dfs_rewriter(register_numba), "fast_run",
+               position=0)
+optdb.register("deeplearning_tutorials_nnet_jax", dfs_rewriter(register_jax), "jax", position=0)
 
 __all__ = [
     "conv2d",

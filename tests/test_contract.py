@@ -1,0 +1,72 @@
+"""The package is a good citizen of PyTensor: it adds its Ops and changes nothing else.
+
+Two fresh processes run ``_contract_probe.py``: one never imports the package, the
+other imports every module of it and compiles graphs of its Ops under PyTensor's
+NUMBA, CVM and JAX modes (and the package's own) first. Then both compile and run
+graphs without the package's Ops, and describe PyTensor, Numba and the process.
+Everything must be the same: the attributes of PyTensor's and Numba's modules and
+classes, the dispatch of PyTensor's own Op types, PyTensor's modes, linkers and
+configuration, the environment, the nodes the plain graphs compile to and their
+results, bit for bit; and the import starts no thread and no process.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROBE = Path(__file__).with_name("_contract_probe.py")
+
+
+def _probe(kind):
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, str(PROBE), kind], capture_output=True, text=True,
+                          env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def reports():
+    return _probe("plain"), _probe("package")
+
+
+def test_every_module_of_the_package_was_imported_and_used(reports):
+    _, package = reports
+    assert "deeplearning_tutorials.nnet" in package["imported"]
+    assert "deeplearning_tutorials.modes" in package["imported"]
+    assert "deeplearning_tutorials.convolutional_mlp" in package["imported"]
+
+
+def test_importing_starts_no_thread_and_no_process(reports):
+    plain, package = reports
+    assert package["after_import"]["threads"] == plain["after_import"]["threads"]
+    assert package["after_import"]["children"] == []
+
+
+@pytest.mark.parametrize("section", ["modules", "numba_funcify", "jax_funcify", "modes", "config",
+                                     "environ"])
+def test_pytensor_numba_and_the_process_are_left_as_they_were(reports, section):
+    plain, package = reports
+    before, after = plain["state"][section], package["state"][section]
+    if section == "modules":
+        for name in before:
+            changed = {k: (before[name].get(k), after[name].get(k))
+                       for k in set(before[name]) | set(after[name])
+                       if before[name].get(k) != after[name].get(k)}
+            assert not changed, (name, changed)
+    else:
+        assert after == before
+
+
+@pytest.mark.parametrize("mode", ["NUMBA", "CVM", "JAX"])
+@pytest.mark.parametrize("graph", ["logreg", "reductions"])
+def test_plain_graphs_compile_to_the_same_nodes_and_numbers(reports, mode, graph):
+    plain, package = reports
+    nodes_before, digest_before = plain["graphs"][mode][graph]
+    nodes_after, digest_after = package["graphs"][mode][graph]
+    assert nodes_after == nodes_before
+    assert digest_after == digest_before
