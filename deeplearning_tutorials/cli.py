@@ -25,7 +25,10 @@ import collections.abc
 import errno
 import inspect
 import os
+import re
 import sys
+
+import docstring_parser
 
 from deeplearning_tutorials import datasets, training
 
@@ -37,8 +40,9 @@ ALIASES = {"save_best": ["--save"]}
 
 #: help for keywords the lessons' docstrings do not describe
 EXTRA_HELP = {
-    "mode": "PyTensor backend the run compiles for: {modes}"
-    + " (default: PyTensor's own, NUMBA)",
+    "mode": "the mode the run compiles in: the package's DLT_NUMBA, DLT_CVM, DLT_C, DLT_JAX"
+    " (PyTensor's backends with the tutorials' rewrites), or PyTensor's own NUMBA, CVM, C,"
+    " JAX, FAST_COMPILE (default: DLT_NUMBA)",
     "floatX": "float precision of the data and parameters (default: PyTensor's floatX)",
 }
 
@@ -50,33 +54,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+_ROLE = re.compile(r":[\w:]+:`~?([^`<]+?)(?:\s*<[^>]*>)?`")
+_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def plain_text(text):
+    """``text`` without Sphinx markup: ``:func:`load_data``` -> ``load_data``, double backquotes dropped."""
+    return _LITERAL.sub(r"\1", _ROLE.sub(r"\1", text))
+
+
 def _docstring_parameters(function):
-    """Map parameter names to their one-paragraph description in a numpydoc docstring."""
-    doc = inspect.getdoc(function) or ""
-    lines = doc.splitlines()
+    """Map parameter names to their description in a numpydoc docstring, as plain text."""
+    parsed = docstring_parser.parse(inspect.getdoc(function) or "",
+                                    style=docstring_parser.DocstringStyle.NUMPYDOC)
     out = {}
-    try:
-        start = next(i for i, line in enumerate(lines) if line.strip() == "Parameters") + 2
-    except StopIteration:
-        return out
-    names, text = [], []
-    for line in lines[start:]:
-        if line and not line.startswith(" "):
-            if line.strip() and set(line.strip()) == {"-"}:
-                break  # the underline of the next section
-            if names:
-                for name in names:
-                    out[name] = " ".join(text)
-            if not line.split(":")[0].strip() or line.strip() in ("Returns", "Raises", "Notes"):
-                names = []
-                continue
-            names = [n.strip() for n in line.split(":")[0].split(",")]
-            text = []
-        elif line.strip():
-            text.append(line.strip())
-    if names:
-        for name in names:
-            out[name] = " ".join(text)
+    for param in parsed.params:
+        for name in param.arg_name.split(","):
+            out[name.strip()] = plain_text(" ".join((param.description or "").split()))
     return out
 
 
@@ -120,7 +114,7 @@ def add_signature_options(parser, function, grid=False, skip=()):
         if parameter.default is inspect.Parameter.empty or name in skip:
             continue
         default = parameter.default
-        help = described.get(name) or EXTRA_HELP.get(name, "").format(modes=", ".join(MODES))
+        help = described.get(name) or EXTRA_HELP.get(name, "")
         kwargs = {"dest": name}
         if name == "mode":
             kwargs.update(type=str.upper, choices=MODES, metavar="{" + ",".join(MODES) + "}")
@@ -285,8 +279,23 @@ def no_compiler_fault(exc):
         return None
     return (
         "PyTensor found no C compiler (its cxx flag is empty), which this mode needs: "
-        "install g++, or choose --mode NUMBA"
+        "install g++, or choose --mode DLT_NUMBA"
     )
+
+
+def jax_slice_fault(exc):
+    """A one-line message when ``exc`` is PyTensor's own JAX mode refusing a minibatch slice.
+
+    The tutorials select each minibatch with ``givens`` slicing the shared data
+    by a symbolic index, which PyTensor's JAX mode cannot trace (its issue #312);
+    the package's JAX mode rewrites those slices.
+    """
+    if isinstance(exc, IndexError) and "Slice entries must be static integers" in str(exc):
+        return (
+            "PyTensor's own JAX mode cannot slice the minibatches by a symbolic index "
+            "(the tutorials' givens): choose --mode DLT_JAX, the package's JAX mode, which can"
+        )
+    return None
 
 
 def memory_message(exc):
@@ -350,7 +359,7 @@ def main(function, argv=None):
             return fail(prog, interrupted_message(checkpoint), 130)
         if any(isinstance(e, MemoryError) for e in _chain(exc)):
             return fail(prog, memory_message(exc), 1)
-        message = compiledir_fault(exc) or no_compiler_fault(exc)
+        message = compiledir_fault(exc) or no_compiler_fault(exc) or jax_slice_fault(exc)
         if message is None:
             raise
         return fail(prog, message, 1)

@@ -51,6 +51,7 @@ import zipfile
 import zlib
 
 import numpy as np
+import tqdm
 
 try:
     import fcntl
@@ -1516,69 +1517,51 @@ def _is_terminal(stream):
         return False
 
 
-def _clock(seconds):
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 class Progress(Events):
-    """A live progress line on standard error: throughput and time left.
+    """A live progress bar on standard error (tqdm): minibatches, throughput, time left.
 
-    It redraws one line (``\\r``) at most ten times a second and clears it
-    before the tutorial prints, so the printed lines stay whole.  The time
-    left runs to the end of the current patience or of ``n_epochs``,
+    It is cleared before the tutorial prints, so the printed lines stay whole.
+    Its total runs to the end of the current patience or of ``n_epochs``,
     whichever comes first; a new best may extend it.
     """
 
-    def __init__(self, n_epochs, n_train_batches, stream=None, interval=0.1):
+    def __init__(self, n_epochs, n_train_batches, stream=None):
         self.n_epochs = n_epochs
         self.n_train_batches = n_train_batches
         self.stream = stream or sys.stderr
-        self.interval = interval
-        self.start = None
-        self.start_iterations = 0
-        self.last_draw = 0.0
-        self.shown = False
+        self.bar = None
+        self.noticed = False
 
-    def line(self, state, now):
-        done = state.iterations - self.start_iterations
-        rate = done / (now - self.start) if self.start is not None and now > self.start else 0.0
-        total = min(self.n_epochs * self.n_train_batches, state.patience + 1)
-        left = max(total - state.iterations, 0)
-        eta = _clock(left / rate) if rate > 0 else "?"
-        best = (
-            f"best {state.best_validation_loss * 100.0:.2f} %"
-            if state.best_validation_loss < np.inf
-            else "best -"
-        )
-        return (
-            f"epoch {state.epoch}/{self.n_epochs} minibatch "
-            f"{state.next_minibatch}/{self.n_train_batches} | {rate:.1f} minibatches/s | "
-            f"{best} | ETA {eta}"
-        )
-
-    def clear(self):
-        if self.shown:
-            self.stream.write("\r\x1b[K")
+    def before_train(self, iter, state):
+        if not self.noticed:
+            # NUMBA and JAX compile a function on its first call: say why it waits.
+            self.stream.write("(the first minibatch compiles what is not compiled yet; "
+                              "PyTensor caches it for later runs)\n")
             self.stream.flush()
-            self.shown = False
+            self.noticed = True
 
     def after_train(self, iter, cost, state):
-        now = time.perf_counter()
-        if self.start is None:
-            # throughput counts from the first finished minibatch, so
-            # compilation and loading stay out of it
-            self.start, self.start_iterations = now, state.iterations
-            return
-        # a rate needs half a second of minibatches to mean anything
-        if now - self.last_draw >= self.interval and now - self.start >= 0.5:
-            self.stream.write("\r" + self.line(state, now) + "\x1b[K")
-            self.stream.flush()
-            self.shown = True
-            self.last_draw = now
+        total = min(self.n_epochs * self.n_train_batches, state.patience + 1)
+        if self.bar is None:
+            # Throughput counts from the first finished minibatch, so that
+            # compilation and loading stay out of it.
+            self.bar = tqdm.tqdm(total=total, initial=state.iterations, file=self.stream,
+                                 unit="minibatch", dynamic_ncols=True, leave=False,
+                                 mininterval=0.1)
+        self.bar.total = total
+        if state.best_validation_loss < np.inf:
+            self.bar.set_postfix_str(f"best {state.best_validation_loss * 100.0:.2f} %",
+                                     refresh=False)
+        self.bar.update(state.iterations - self.bar.n)
+
+    def clear(self):
+        if self.bar is not None:
+            self.bar.clear()
 
     def finished(self, state):
-        self.clear()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class PrintedLines(Events):

@@ -102,28 +102,6 @@ def test_nonsense_is_refused_before_compiling(argv, capsys, no_compile):
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("variable, value, message", [
-    ("DEEPLEARNING_TUTORIALS_JAX_PRECISION", "tf32", "choose one of highest, high, default"),
-    ("DEEPLEARNING_TUTORIALS_JAX_CONV", "cudnn", "choose one of auto, gemm, xla"),
-])
-def test_nonsense_jax_setting_is_refused_before_compiling(monkeypatch, capsys, no_compile, variable, value,
-                                                          message):
-    pytest.importorskip("jax")
-    monkeypatch.setenv(variable, value)
-    assert cli.main(convolutional_mlp.evaluate_lenet5, ["--mode", "JAX"]) == 2
-    err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1, err
-    assert f"{variable}={value!r}: {message}" in err
-
-
-def test_nonsense_compile_jobs_are_refused_before_compiling(monkeypatch, capsys, no_compile):
-    monkeypatch.setenv("DLT_COMPILE_JOBS", "many")
-    assert cli.main(convolutional_mlp.evaluate_lenet5, ["--mode", "CVM"]) == 2
-    err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1, err
-    assert "DLT_COMPILE_JOBS='many' is not a whole number >= 0" in err
-
-
 def test_nonsense_raises_value_error_in_python(no_compile):
     with pytest.raises(ValueError, match="nkerns"):
         convolutional_mlp.evaluate_lenet5(nkerns=[20])

@@ -468,18 +468,21 @@ def test_progress_line_on_a_terminal_only(monkeypatch):
         model.train, model.error, model.error, 5, 2, 2, n_epochs=3, patience=1000,
         events=training.PrintedLines(out=out),
     )
-    # interval 0.1 s may not elapse in so short a run; the line itself:
-    line = training.Progress(3, 5).line(training.LoopState(patience=1000, epoch=2, iterations=7), 1.0)
-    assert "minibatches/s" in line and "ETA" in line and "epoch 2/3" in line
-    progress = training.Progress(3, 5, stream=terminal, interval=0)
+    # The bar itself: minibatches done out of the run's total, and the best so far.
+    progress = training.Progress(3, 5, stream=terminal)
     state = training.LoopState(patience=1000)
+    progress.before_train(0, state)
+    assert "compiles" in terminal.getvalue()  # the first call may compile for a while
+    state.iterations = 1
     progress.after_train(0, 1.0, state)
-    progress.start -= 1.0  # as if the first minibatch had ended a second ago
-    state.iterations = 2
-    progress.after_train(1, 1.0, state)
-    assert terminal.getvalue().count("\r") >= 1 and "minibatches/s" in terminal.getvalue()
+    state.iterations, state.best_validation_loss = 7, 0.125
+    progress.after_train(6, 1.0, state)
+    progress.bar.refresh()
+    shown = terminal.getvalue()
+    assert "7/15" in shown and "best 12.50 %" in shown and "minibatch" in shown
     progress.clear()
-    assert terminal.getvalue().endswith("\r\x1b[K")
+    progress.finished(state)
+    assert progress.bar is None
     # stdout holds only the tutorial's lines
     assert all(line.startswith("epoch") or line.startswith("     epoch") for line in out.getvalue().splitlines())
 
