@@ -12,9 +12,7 @@ taken round by round.  For each we report:
   PyTensor compile directory) and again with a warm one (the same directory,
   a new process);
 * ``train ms``: the median wall time of one training minibatch (batch 500),
-  after a warm-up (on ``NUMBA``, once the child process that compiles the
-  graphs' functions ahead, ``numba_ahead``, has finished: it uses the other
-  core);
+  after a warm-up;
 * ``valid ms``: one validation pass (20 minibatches of 500, as the tutorial
   scores the 10,000 validation images);
 * ``x torch``: the ratio to PyTorch's time for the same float type, in the
@@ -25,15 +23,12 @@ PyTorch runs the same architecture, initial weights, data and hyper-parameters
 
 Usage::
 
-    python benchmarks/bench_lenet5.py                       # everything
-    python benchmarks/bench_lenet5.py --modes NUMBA --floatX float32 --steps 20
-    python benchmarks/bench_lenet5.py --openblas-auto       # OpenBLAS picks its kernels
+    python benchmarks/bench_lenet5.py                       # every mode, both floatX
+    python benchmarks/bench_lenet5.py --modes DLT_NUMBA --floatX float32 --steps 20
+    python benchmarks/bench_lenet5.py --write docs/benchmarks/cpu.rst   # the docs' table
 
-The table's heading says which kernels OpenBLAS ran (``backend.openblas_cores``):
-on the 2-core AMD Zen 5 machines of the docs, OpenBLAS picks AVX-512 "SkylakeX"
-kernels, twice as fast as the AVX2 "Haswell" ones that those machines'
-environment pins with ``$OPENBLAS_CORETYPE``; ``--openblas-auto`` removes that
-variable (and ``$OPENBLAS_L2_SIZE``) for the runs.
+The ports run as the programs do: in the named mode, with PyTensor's ``openmp``
+flag on.  The table records the machine, the date and the versions it ran.
 
 MNIST is read from ``--dataset`` (default: ``$DEEPLEARNING_TUTORIALS_MNIST/../mnist.pkl.gz``
 when that variable is set, else the tutorial's lookup of ``mnist.pkl.gz``).
@@ -90,7 +85,7 @@ def run_port(mode, floatX, dataset, steps):
 
     data = _arrays(dataset, n_train=4 * BATCH)
     # As the lessons run (flags.with_flags): the mode set globally.
-    with pytensor.config.change_flags(floatX=floatX, mode=get_mode(mode)):
+    with pytensor.config.change_flags(floatX=floatX, mode=get_mode(mode), openmp=True):
         t0 = time.perf_counter()
         _, train_model, validate_model = lenet5_functions(data)
         float(train_model(0))
@@ -182,13 +177,7 @@ def _median_run(results):
             for key in ("compile_s", "train_ms", "valid_ms") if key in good[0]}
 
 
-#: What the environment of some machines sets to pin OpenBLAS's kernels (see --openblas-auto).
-OPENBLAS_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-
-
 def _spawn(config, floatX, args, env):
-    if args.openblas_auto:
-        env = {k: v for k, v in env.items() if k not in OPENBLAS_PINS}
     cmd = [sys.executable, os.path.abspath(__file__), "--child", config, "--floatX", floatX,
            "--steps", str(args.steps), "--dataset", args.dataset]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -202,23 +191,21 @@ def _spawn(config, floatX, args, env):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--modes", nargs="+", default=["NUMBA", "CVM", "C", "JAX"])
+    parser.add_argument("--modes", nargs="+", default=["DLT_NUMBA", "DLT_CVM", "DLT_C", "DLT_JAX"])
     parser.add_argument("--floatX", nargs="+", default=["float32", "float64"])
     parser.add_argument("--steps", type=int, default=10, help="timed training minibatches")
     parser.add_argument("--repeat", type=int, default=3,
                         help="rounds of warm runs; each figure is the median over the rounds")
     parser.add_argument("--dataset", default=_dataset_default())
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
-    parser.add_argument("--openblas-auto", action="store_true",
-                        help="run without $OPENBLAS_CORETYPE and $OPENBLAS_L2_SIZE, so that "
-                             "OpenBLAS picks its kernels for the processor itself (the table "
-                             "says which it ran)")
+    parser.add_argument("--write", metavar="PATH",
+                        help="also write the table as reStructuredText to PATH (the docs include it)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return _child(args)
 
-    rows, kernels = [], set()
+    rows = []
     for floatX in args.floatX:
         configs = ([] if args.no_torch else ["torch"]) + list(args.modes)
         with contextlib.ExitStack() as stack:
@@ -239,8 +226,6 @@ def main(argv=None):
                 for config in configs:
                     runs[config].append(_spawn(config, floatX, args, envs[config]))
         summary = {config: _median_run(runs[config]) for config in configs}
-        kernels.update(r["openblas"] for config in args.modes for r in runs[config]
-                       if "openblas" in r and config != "JAX")
         if "torch" in runs:
             # Ratios round by round (the two runs were seconds apart), then their median.
             for mode in args.modes:
@@ -260,32 +245,71 @@ def main(argv=None):
         for mode in args.modes:
             rows.append((mode, floatX, summary[mode], torch_row))
 
-    print()
-    print(f"LeNet5, batch {BATCH}; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}")
-    pinned = ", ".join(f"{k}={os.environ[k]}" for k in OPENBLAS_PINS if os.environ.get(k))
-    how = ("OpenBLAS's own choice" if args.openblas_auto or not pinned
-           else f"pinned by the environment: {pinned}")
-    if args.openblas_auto and pinned:
-        how += f"; {pinned} removed for this run"
-    print(f"OpenBLAS kernels of the C and Numba backends: {', '.join(sorted(kernels)) or '?'} ({how})")
-    print()
-    print("| backend | floatX | train ms | x torch | valid ms | x torch | compile s (cold / warm) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    table = _table(rows, args)
+    print("\n".join(table))
+    if args.write:
+        with open(args.write, "w") as f:
+            f.write("\n".join(table) + "\n")
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions():
+    import importlib.metadata as md
+
+    found = [f"Python {platform.python_version()}"]
+    for name in ("pytensor", "numpy", "scipy", "numba", "jax", "torch"):
+        try:
+            found.append(f"{name} {md.version(name).split('+')[0]}")
+        except md.PackageNotFoundError:
+            pass
+    return ", ".join(found)
+
+
+def _table(rows, args):
+    """The results as a reStructuredText list-table, with the machine, date and versions."""
+    lines = [
+        f"LeNet5, batch {BATCH}, measured {time.strftime('%Y-%m-%d')} on {_cpu_name()}, "
+        f"{os.cpu_count()} cores; {_versions()}. Written by ``python benchmarks/bench_lenet5.py "
+        f"--steps {args.steps} --repeat {args.repeat}"
+        + (f" --write {args.write}" if args.write else "") + "``.",
+        "",
+        ".. list-table::",
+        "   :header-rows: 1",
+        "",
+        "   * - mode",
+        "     - floatX",
+        "     - train ms",
+        "     - x PyTorch",
+        "     - valid ms",
+        "     - x PyTorch",
+        "     - compile s (cold / warm)",
+    ]
     for name, floatX, r, ref in rows:
         if "error" in r:
-            print(f"| {name} | {floatX} | failed: {r['error'][:80]} | | | | |")
-            continue
+            cells = [name, floatX, "failed: " + r["error"][:60], "", "", "", ""]
+        else:
+            def ratio(key):
+                if not ref or "error" in ref or "ratio_" + key not in r:
+                    return ""
+                return f"{r['ratio_' + key]:.2f}"
 
-        def ratio(key):
-            if not ref or "error" in ref or "ratio_" + key not in r:
-                return ""
-            return f"{r['ratio_' + key]:.2f}"
-
-        compile_s = (f"{r['compile_cold_s']:.1f} / {r['compile_s']:.1f}"
-                     if "compile_cold_s" in r else "")
-        print(f"| {name} | {floatX} | {r['train_ms']:.1f} | {ratio('train_ms')} | "
-              f"{r['valid_ms']:.0f} | {ratio('valid_ms')} | {compile_s} |")
+            compile_s = (f"{r['compile_cold_s']:.1f} / {r['compile_s']:.1f}"
+                         if "compile_cold_s" in r else "")
+            cells = [name, floatX, f"{r['train_ms']:.1f}", ratio("train_ms"),
+                     f"{r['valid_ms']:.0f}", ratio("valid_ms"), compile_s]
+        lines.append(f"   * - {cells[0]}")
+        lines.extend(f"     - {c}" for c in cells[1:])
+    return lines
 
 
 def _torch_version():

@@ -3,9 +3,9 @@
 One script for a lent GPU machine (or any JAX device), in three parts:
 
 1. ``step``: ms per training minibatch (batch 500) of the port
-   (``lenet5_functions(..., mode="JAX")``, the tutorial's own graph with its
+   (``lenet5_functions(..., mode="DLT_JAX")``, the tutorial's own graph with its
    ``givens`` slices; on a GPU its convolutions are im2col + GEMM, see
-   ``deeplearning_tutorials.nnet.jax_kernels``) and of the same step hand-written in JAX (``jax.jit`` of
+   ``deeplearning_tutorials.nnet.jax``) and of the same step hand-written in JAX (``jax.jit`` of
    ``jax.grad``, the data on the device, ``lax.dynamic_slice`` for the
    minibatch, the parameters donated).  Each step is timed as the tutorial's
    loop calls it: the call, then ``float(cost)``, which waits for the device.
@@ -15,7 +15,7 @@ One script for a lent GPU machine (or any JAX device), in three parts:
    training loop does on a device backend (each cost is read once the next
    step has started).
 2. ``schedule``: the whole default LeNet5 run
-   (``python -m deeplearning_tutorials.convolutional_mlp --mode JAX --floatX
+   (``python -m deeplearning_tutorials.convolutional_mlp --mode DLT_JAX --floatX
    float32``), timed end to end as a child process (interpreter start, MNIST
    loading and compilation included): once with an empty compile cache, then
    ``--warm-runs`` times with the one the first run left; its output goes to
@@ -70,7 +70,7 @@ def port_step(arrays, floatX, steps):
 
     with pytensor.config.change_flags(floatX=floatX):
         t0 = time.perf_counter()
-        layers, train_model, validate_model = lenet5_functions(arrays, mode="JAX")
+        layers, train_model, validate_model = lenet5_functions(arrays, mode="DLT_JAX")
         first = float(train_model(0))
         compile_s = time.perf_counter() - t0
         n_batches = arrays[0][0].shape[0] // BATCH
@@ -199,7 +199,7 @@ def trace_port(arrays, steps):
     from deeplearning_tutorials.testing import lenet5_functions
 
     with pytensor.config.change_flags(floatX="float32"):
-        _, train_model, _ = lenet5_functions(arrays, mode="JAX")
+        _, train_model, _ = lenet5_functions(arrays, mode="DLT_JAX")
         n_batches = arrays[0][0].shape[0] // BATCH
         for i in range(3):
             float(train_model(i))
@@ -216,7 +216,7 @@ def profile_schedule(dataset, epochs, out_dir):
     """A short run of the default schedule under cProfile: where the loop's time goes."""
     prof = os.path.join(out_dir or tempfile.gettempdir(), "schedule.prof")
     cmd = [sys.executable, "-m", "cProfile", "-o", prof, "-m", "deeplearning_tutorials.convolutional_mlp",
-           "--dataset", dataset, "--mode", "JAX", "--floatX", "float32", "--quiet",
+           "--dataset", dataset, "--mode", "DLT_JAX", "--floatX", "float32", "--quiet",
            "--n-epochs", str(epochs)]
     subprocess.run(cmd, capture_output=True, text=True)
     import io
@@ -234,7 +234,7 @@ def schedule(dataset, floatX, epochs, out_dir, compiledir, label):
     programs are cached there too): a fresh one gives a cold run, the same one
     again a warm run."""
     cmd = [sys.executable, "-m", "deeplearning_tutorials.convolutional_mlp", "--dataset", dataset,
-           "--mode", "JAX", "--floatX", floatX, "--quiet"]
+           "--mode", "DLT_JAX", "--floatX", floatX, "--quiet"]
     if epochs is not None:
         cmd += ["--n-epochs", str(epochs)]
     env = dict(os.environ, PYTENSOR_FLAGS=f"base_compiledir={compiledir}")
@@ -285,7 +285,7 @@ def main(argv=None):
 
     import jax
 
-    from deeplearning_tutorials.nnet.jax_kernels import conv_algorithm
+    from deeplearning_tutorials.nnet.jax import conv_algorithm
 
     algorithms = {fx: conv_algorithm(dtype=fx) for fx in args.floatX}
     print(f"jax {jax.__version__}, devices {jax.devices()}, the port's convolutions {algorithms}", flush=True)
