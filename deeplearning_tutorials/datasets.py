@@ -24,11 +24,14 @@ Everything here is numpy only: the lessons turn the arrays into shared variables
 """
 
 import argparse
+import contextlib
 import gzip
 import hashlib
+import math
 import os
 import pickle
 import re
+import stat
 import struct
 import sys
 import tempfile
@@ -110,6 +113,12 @@ N_ROWS = N_COLS = 28
 N_TRAIN = 50000
 N_TRAINING_FILE = 60000
 N_CLASSES = 10
+#: The most images or labels an IDX file may declare: MNIST's 60000 training plus 10000 test.
+MAX_IDX_ITEMS = 70000
+
+# The most bytes a decompressed pickle may hold. The arrays of mnist.pkl.gz take 220 MB; a text
+# protocol's escapes take up to four times that.
+_MAX_PKL_BYTES = 1 << 30
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _DAMAGED = "file is damaged; delete it and fetch again"
@@ -150,10 +159,14 @@ def _search_dirs():
 
 
 def _idx_member(folder, base):
-    """Return the path of IDX file ``base`` in ``folder`` (raw preferred, then .gz), or None."""
+    """Return the path of IDX file ``base`` in ``folder`` (raw preferred, then .gz), or None.
+
+    Anything of that name counts, so that reading it says what is wrong with it (a folder, a
+    FIFO, an unreadable file) rather than that it is missing.
+    """
     for name in (base, base + ".gz"):
         path = Path(folder) / name
-        if path.is_file():
+        if path.exists():
             return path
     return None
 
@@ -166,7 +179,7 @@ def _idx_complete(folder):
 def _present(path):
     # A bare-name IDX folder counts only when all four files are there, so that a partial
     # folder in the working directory does not hide a complete one further down the list.
-    return _idx_complete(path) if path.is_dir() else path.is_file()
+    return _idx_complete(path) if path.is_dir() else path.exists()
 
 
 def locate(dataset=PKL_NAME, download=True, mirrors=None):
@@ -201,8 +214,16 @@ def locate(dataset=PKL_NAME, download=True, mirrors=None):
     ------
     DatasetError
         When nothing is found and nothing can be downloaded; the message says which files to
-        put where.
+        put where. Also when a path cannot be examined (a name too long, a folder without
+        permission).
     """
+    try:
+        return _locate(dataset, download, mirrors)
+    except OSError as exc:
+        raise DatasetError(_cannot_read(exc.filename or dataset, exc)) from None
+
+
+def _locate(dataset, download, mirrors):
     path = Path(os.fspath(dataset)).expanduser()
     if path.exists():
         return path.absolute()  # stays valid if the caller changes directory later
@@ -237,6 +258,11 @@ def locate(dataset=PKL_NAME, download=True, mirrors=None):
                 raise DatasetError(f"{pkl_error}; {idx_error}") from None
     except DatasetError as exc:
         raise DatasetError(f"{name}: not found, and the download failed: {exc}; {_where_to_put(name)}") from None
+
+
+def _cannot_read(path, exc):
+    reason = exc.strerror or _one_line(exc)
+    return f"{path}: cannot read it ({reason}); check the path and its permissions, or fetch the file again"
 
 
 def _where_to_put(name):
@@ -365,12 +391,11 @@ def _one_line(exc, limit=200):
 
 def _verify_idx(base):
     def verify(tmp):
-        with open(tmp, "rb") as f:
-            is_gzip = f.read(2) == _GZIP_MAGIC
+        with _open_data(tmp, base) as f:
+            is_gzip = isinstance(f, gzip.GzipFile)
         if is_gzip and _md5_file(tmp) == IDX_GZ_MD5[base]:
             return tmp.parent / (base + ".gz")
-        raw = _read_bytes(tmp, base + ".gz" if is_gzip else base)
-        digest = hashlib.md5(raw).hexdigest()
+        digest = _md5_content(tmp, base + ".gz" if is_gzip else base)
         if digest != IDX_MD5[base]:
             raise DatasetError(
                 f"{base}: checksum mismatch (MD5 of the content {digest}, expected {IDX_MD5[base]})"
@@ -379,6 +404,19 @@ def _verify_idx(base):
         return tmp.parent / (base + ".gz" if is_gzip else base)
 
     return verify
+
+
+def _md5_content(path, label):
+    """MD5 of a file's bytes, decompressed when it is gzip, reading at most one IDX file's worth."""
+    limit = 16 + MAX_IDX_ITEMS * N_ROWS * N_COLS
+    digest = hashlib.md5()
+    with _open_data(path, label) as f:
+        while chunk := f.read(1 << 20):
+            limit -= len(chunk)
+            if limit < 0:
+                raise DatasetError(f"{label}: larger than any MNIST file ({_DAMAGED})")
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _verify_pkl(tmp):
@@ -483,22 +521,36 @@ def fetch(format="pkl", dest=None, mirrors=None, progressbar=None):
 # ----------------------------------------------------------------------------------------
 
 
-def _read_bytes(path, label=None):
-    """Return the file's bytes, decompressed when it is gzip, with gzip faults as DatasetError."""
-    label = label or Path(path).name
+@contextlib.contextmanager
+def _open_data(path, label=None):
+    """Open a dataset file for reading, through gzip when it starts with gzip's magic bytes.
+
+    Yields a binary stream. A missing, irregular (folder, FIFO) or unreadable file, and a
+    damaged gzip stream met while the caller reads, raise DatasetError.
+    """
+    path = Path(path)
+    label = label or path.name
     try:
-        with open(path, "rb") as f:
-            head = f.read(2)
-        if head != _GZIP_MAGIC:
-            if str(label).endswith(".gz"):
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+            raise DatasetError(f"{path}: is {kind}, not a regular file; give the path of the data file itself")
+        with open(path, "rb") as raw:
+            is_gzip = raw.read(2) == _GZIP_MAGIC
+            raw.seek(0)
+            if not is_gzip and label.endswith(".gz"):
                 raise DatasetError(f"{label}: not a gzip file ({_DAMAGED})")
-            return Path(path).read_bytes()
-        with gzip.open(path, "rb") as f:
-            return f.read()
+            if not is_gzip:
+                yield raw
+                return
+            with gzip.GzipFile(fileobj=raw) as stream:
+                yield stream
     except FileNotFoundError:
         raise DatasetError(f"{label}: no such file") from None
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise DatasetError(f"{label}: {_gzip_fault(exc)}") from None
+    except OSError as exc:
+        raise DatasetError(_cannot_read(path, exc)) from None
 
 
 def _gzip_fault(exc):
@@ -510,11 +562,15 @@ def _gzip_fault(exc):
 def read_idx(path, kind):
     """Read one IDX file (raw or gzip) of unsigned bytes, checking its header.
 
+    The header is read and checked first, and then exactly the number of bytes it declares,
+    so a file that inflates to more than MNIST's size is refused without inflating it.
+
     Parameters
     ----------
     path : str or os.PathLike
     kind : {'images', 'labels'}
-        Images must be ``N x 28 x 28`` (magic 2051); labels ``N`` values in 0..9 (magic 2049).
+        Images must be ``N x 28 x 28`` (magic 2051); labels ``N`` values in 0..9 (magic 2049);
+        ``N`` at most :data:`MAX_IDX_ITEMS`.
 
     Returns
     -------
@@ -524,37 +580,52 @@ def read_idx(path, kind):
     Raises
     ------
     DatasetError
-        On a missing or damaged file, a wrong magic number, dimensions, byte count or label.
+        On a missing, unreadable or damaged file, a wrong magic number, dimensions, byte count
+        or label.
     """
     if kind not in ("images", "labels"):
         raise ValueError(f"kind must be 'images' or 'labels', not {kind!r}")
     path = Path(path)
     label = path.name
-    data = _read_bytes(path)
     magic, ndim = (IMAGE_MAGIC, 3) if kind == "images" else (LABEL_MAGIC, 1)
-    if len(data) < 4:
-        raise DatasetError(f"{label}: truncated IDX header ({len(data)} bytes)")
-    (found,) = struct.unpack(">i", data[:4])
-    if found != magic:
-        raise DatasetError(
-            f"{label}: wrong IDX magic number {found} (expected {magic} for {kind})"
-        )
     header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DatasetError(f"{label}: truncated IDX header ({len(data)} of {header} bytes)")
-    dims = struct.unpack(f">{ndim}i", data[4:header])
-    if kind == "images" and dims[1:] != (N_ROWS, N_COLS):
-        raise DatasetError(f"{label}: images are {dims[1]}x{dims[2]}, expected {N_ROWS}x{N_COLS}")
-    expected = int(np.prod(dims, dtype=np.int64))
-    body = len(data) - header
-    if body != expected:
-        fault = "truncated" if body < expected else "too long"
-        raise DatasetError(
-            f"{label}: IDX body {fault}: header {dims} says {expected} bytes, file holds {body}"
-        )
-    arr = np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    with _open_data(path) as f:
+        head = f.read(header)
+        if len(head) < 4:
+            raise DatasetError(f"{label}: truncated IDX header ({len(head)} bytes; {_DAMAGED})")
+        (found,) = struct.unpack(">i", head[:4])
+        if found != magic:
+            raise DatasetError(
+                f"{label}: wrong IDX magic number {found} (expected {magic} for {kind}); "
+                "check that the file is the right one"
+            )
+        if len(head) < header:
+            raise DatasetError(f"{label}: truncated IDX header ({len(head)} of {header} bytes; {_DAMAGED})")
+        dims = struct.unpack(f">{ndim}I", head[4:])
+        if kind == "images" and dims[1:] != (N_ROWS, N_COLS):
+            raise DatasetError(
+                f"{label}: images are {dims[1]}x{dims[2]}, expected {N_ROWS}x{N_COLS}; "
+                "check that the file is MNIST's"
+            )
+        if dims[0] > MAX_IDX_ITEMS:
+            raise DatasetError(
+                f"{label}: header declares {dims[0]} {kind}, more than MNIST's {MAX_IDX_ITEMS} ({_DAMAGED})"
+            )
+        expected = math.prod(dims)
+        body = f.read(expected)
+        if len(body) < expected:
+            raise DatasetError(
+                f"{label}: IDX body truncated: header {dims} says {expected} bytes, "
+                f"file holds {len(body)} ({_DAMAGED})"
+            )
+        if f.read(1):
+            raise DatasetError(
+                f"{label}: IDX body too long: header {dims} says {expected} bytes, "
+                f"the file holds more ({_DAMAGED})"
+            )
+    arr = np.frombuffer(body, dtype=np.uint8).reshape(dims)
     if kind == "labels" and arr.size and arr.max() >= N_CLASSES:
-        raise DatasetError(f"{label}: label {int(arr.max())} outside 0..{N_CLASSES - 1}")
+        raise DatasetError(f"{label}: label {int(arr.max())} outside 0..{N_CLASSES - 1} ({_DAMAGED})")
     return arr
 
 
@@ -594,91 +665,279 @@ def _load_idx_folder(folder):
     )
 
 
-class _SafeUnpickler(pickle.Unpickler):
-    """Unpickle only plain numpy arrays inside tuples and lists; refuse every other global.
+class _Refused(pickle.UnpicklingError):
+    """The pickle asks for something no pickle of plain numpy arrays does; the message says what."""
 
-    ``mnist.pkl.gz`` needs exactly three globals: ``numpy.core.multiarray._reconstruct``
-    (spelled ``numpy._core.multiarray`` by numpy 2), ``numpy.ndarray`` and ``numpy.dtype``.
-    The first two are wrapped so that they cannot allocate more than the pickle itself holds,
-    and dtypes are limited to plain numeric ones.
+
+_REFUSED_ADVICE = "delete the file and fetch it again"
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickle only plain numeric numpy arrays inside tuples and lists; refuse every other global.
+
+    The globals allowed are exactly those numpy's own pickles of such arrays name, under
+    numpy 1's and numpy 2's module names: ``_reconstruct`` with ``ndarray`` and ``dtype``
+    (protocols 0 to 4, and the Python 2 ``mnist.pkl.gz``), ``_codecs.encode`` (Python 3's
+    bytes at protocols 0 to 2) and ``_frombuffer`` (protocol 5). Each stands in for the real
+    one and checks its arguments: a dtype takes nothing but a byte order from its state, and an
+    array is made only from data bytes the pickle holds in full, of exactly its size, checked
+    before anything is allocated.
     """
 
     def find_class(self, module, name):
         allowed = _ALLOWED_GLOBALS.get((module, name))
         if allowed is None:
-            raise DatasetError(f"{self.label}: refused to unpickle {module}.{name} (not a numpy array)")
+            name = f"{module}.{name}"
+            name = name if name.isprintable() and len(name) <= 80 else _short(name)
+            raise _Refused(f"refused to unpickle {name} (not a numpy array)")
         return allowed
 
     def persistent_load(self, pid):
-        raise DatasetError(f"{self.label}: refused a persistent id in the pickle")
+        raise _Refused("refused a persistent id in the pickle")
 
 
+def _short(obj, limit=80):
+    text = repr(obj)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_int(value):
+    return type(value) is int or type(value) is bool
+
+
+def _checked_shape(shape):
+    if type(shape) is not tuple or not all(type(n) is int and n >= 0 for n in shape):
+        raise _Refused(f"refused the array shape {_short(shape)} (not a tuple of sizes)")
+    return shape
+
+
+def _check_size(shape, dtype, held):
+    needed = math.prod(shape) * dtype.itemsize
+    if held != needed:
+        raise _Refused(
+            f"an array of shape {shape} and type {dtype} needs {needed} bytes, but the pickle "
+            f"holds {held} for it"
+        )
+
+
+class _Dtype:
+    """What the pickle's ``numpy.dtype(...)`` gives: a plain numeric dtype, until an array takes it."""
+
+    __slots__ = ("dtype",)
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def __setstate__(self, state):
+        # numpy's state is (3, byte order, None, None, None, -1, -1, 0) for a plain dtype; the
+        # other fields (flags above all) would make numpy take the data for something else.
+        plain = type(state) is tuple and all(type(v) in (int, str, type(None)) for v in state)
+        allowed = [self.dtype.newbyteorder(order).__reduce__()[2] for order in "<>"]
+        if not plain or state not in allowed:
+            raise _Refused(
+                f"refused the dtype state {_short(state)} (a plain numeric dtype takes only a byte order)"
+            )
+        self.dtype = self.dtype.newbyteorder(state[1])
+
+
+class _Array:
+    """What the pickle's ``_reconstruct(ndarray, (0,), b'b')`` gives, until BUILD brings the data."""
+
+    __slots__ = ("array",)
+
+    def __init__(self):
+        self.array = None
+
+    def __setstate__(self, state):
+        if self.array is not None:
+            raise _Refused("refused a second state for one array")
+        numpys = (
+            type(state) is tuple
+            and len(state) == 5
+            and _is_int(state[0])
+            and state[0] == 1
+            and isinstance(state[2], _Dtype)
+            and _is_int(state[3])
+            and state[3] in (0, 1)
+        )
+        if not numpys:
+            expected = "numpy's (1, shape, dtype, fortran, data)"
+            raise _Refused(f"refused the array state {_short(state)} (not {expected})")
+        _, shape, dtype, fortran, data = state
+        if type(data) not in (bytes, str):
+            raise _Refused(f"refused array data of type {type(data).__name__} (plain arrays hold bytes)")
+        _check_size(_checked_shape(shape), dtype.dtype, len(data))
+        if type(data) is str:  # a Python 2 str, which encoding='latin1' turned into text
+            try:
+                data = data.encode("latin1")
+            except UnicodeEncodeError:
+                raise _Refused("refused array data given as text beyond latin-1") from None
+        array = _reconstruct(np.ndarray, (0,), b"b")
+        array.__setstate__((1, shape, dtype.dtype, bool(fortran), data))
+        self.array = array
+
+
+class _NdarrayName:
+    """What the pickle's ``numpy.ndarray`` gives: good only as ``_reconstruct``'s first argument."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return "numpy.ndarray"
+
+    def __call__(self, *args, **kwargs):
+        raise _Refused("refused to call numpy.ndarray (it would allocate memory the pickle does not hold)")
+
+
+_NDARRAY = _NdarrayName()
 _reconstruct = np.ndarray.__reduce__(np.zeros(0))[0]
 
 
-def _safe_reconstruct(subtype, shape, dtype):
-    # numpy always pickles _reconstruct(ndarray, (0,), b'b') and fills it in via __setstate__,
-    # whose data must then be in the pickle; so any other call is refused.
-    if subtype is not np.ndarray or np.prod(shape, dtype=np.int64) != 0:
-        raise pickle.UnpicklingError("unexpected ndarray construction")
-    return _reconstruct(np.ndarray, shape, dtype)
+def _safe_reconstruct(subtype, shape, typecode):
+    # numpy always pickles _reconstruct(ndarray, (0,), b'b') and then sets the state, which
+    # holds the data; _Array checks that state.
+    if (
+        subtype is not _NDARRAY
+        or type(shape) is not tuple
+        or shape != (0,)
+        or type(typecode) not in (bytes, str)
+        or typecode not in (b"b", "b")
+    ):
+        call = _short((subtype, shape, typecode))
+        raise _Refused(f"refused _reconstruct{call} (numpy's pickles use (ndarray, (0,), b'b'))")
+    return _Array()
+
+
+def _safe_frombuffer(buf, dtype, shape, order, axis_order=None):
+    # Protocol 5: the data comes in the pickle as bytes or a bytearray (no out-of-band buffers
+    # are given to the unpickler), and the array is a view of it.
+    if type(buf) not in (bytes, bytearray) or not isinstance(dtype, _Dtype) or order not in ("C", "F", "K"):
+        raise _Refused(f"refused _frombuffer with {type(buf).__name__}, {_short(dtype)}, {_short(order)}")
+    _check_size(_checked_shape(shape), dtype.dtype, len(buf))
+    array = np.frombuffer(buf, dtype=dtype.dtype)
+    if order != "K":
+        return array.reshape(shape, order=order)
+    if type(axis_order) is not tuple or sorted(axis_order) != list(range(len(shape))):
+        raise _Refused(f"refused the axis order {_short(axis_order)} for shape {shape}")
+    return array.reshape(shape).transpose(axis_order)
 
 
 def _safe_dtype(obj, align=False, copy=False):
-    if not isinstance(obj, (str, bytes)):
-        raise pickle.UnpicklingError("unexpected dtype construction")
-    dtype = np.dtype(obj)
-    if dtype.kind not in "biuf" or dtype.fields is not None:
-        raise pickle.UnpicklingError(f"dtype {obj!r} is not a plain numeric type")
-    # Always a copy: the pickle's BUILD step then sets the state of this copy, never that of
-    # numpy's shared builtin dtype.
-    return np.dtype(obj, bool(align), True)
+    if type(obj) is not str or not _is_int(align) or not _is_int(copy):
+        raise _Refused(f"refused numpy.dtype{_short((obj, align, copy))} (not a plain numeric type)")
+    try:
+        dtype = np.dtype(obj)
+    except TypeError:
+        raise _Refused(f"refused numpy.dtype({_short(obj)}) (not a numpy type)") from None
+    if dtype.kind not in "iuf":
+        raise _Refused(f"refused dtype {_short(obj)} (not a plain numeric type)")
+    return _Dtype(dtype)
+
+
+def _safe_encode(text, encoding):
+    # Python 3 pickles bytes at protocols 0 to 2 as _codecs.encode(text, 'latin1'): one byte a
+    # character, so the result is never larger than the text the pickle holds.
+    if type(text) is not str or encoding not in ("latin1", "latin-1"):
+        args = f"{type(text).__name__}, {_short(encoding)}"
+        raise _Refused(f"refused _codecs.encode with {args} (only latin-1 text)")
+    try:
+        return text.encode("latin1")
+    except UnicodeEncodeError:
+        raise _Refused("refused _codecs.encode of text beyond latin-1") from None
 
 
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy.core.numeric", "_frombuffer"): _safe_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _safe_frombuffer,
+    ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _safe_dtype,
+    ("_codecs", "encode"): _safe_encode,
 }
+
+# What a malformed pickle makes the unpickler or the allowed globals raise, besides EOFError.
+_UNPICKLING_FAULTS = (
+    pickle.UnpicklingError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    KeyError,
+    IndexError,
+    OverflowError,
+    MemoryError,
+    RecursionError,
+)
+
+
+class _Bounded:
+    """A read-only stream that refuses, before reading, to give more than ``limit`` bytes in all.
+
+    The unpickler asks for each string or frame by the length the pickle declares, so a pickle
+    cannot make it read (and decompress) more than an MNIST pickle holds.
+    """
+
+    def __init__(self, stream, limit):
+        self.stream = stream
+        self.limit = self.left = limit
+
+    def _take(self, n):
+        if n > self.left:
+            raise _Refused(f"the pickle holds more than {self.limit} bytes, more than any MNIST pickle")
+        self.left -= n
+
+    def read(self, n):
+        self._take(n)
+        data = self.stream.read(n)
+        self.left += n - len(data)
+        return data
+
+    def readinto(self, buffer):
+        n = memoryview(buffer).nbytes
+        self._take(n)
+        got = self.stream.readinto(buffer)
+        self.left += n - got
+        return got
+
+    def readline(self):
+        line = self.stream.readline(self.left + 1)
+        self._take(len(line))
+        return line
+
+    def drain(self):
+        """Read what is left within the limit, so that gzip reaches its trailer and checks it."""
+        while self.left > 0:
+            chunk = self.stream.read(min(self.left, 1 << 20))
+            if not chunk:
+                break
+            self.left -= len(chunk)
 
 
 def _load_pkl(path, label=None):
     path = Path(path)
     label = label or path.name
-    try:
-        with open(path, "rb") as raw:
-            is_gzip = raw.read(2) == _GZIP_MAGIC
-            raw.seek(0)
-            if not is_gzip and path.name.endswith(".gz"):
-                raise DatasetError(f"{label}: not a gzip file ({_DAMAGED})")
-            stream = gzip.GzipFile(fileobj=raw) if is_gzip else raw
-            try:
-                unpickler = _SafeUnpickler(stream, encoding="latin1")
-                unpickler.label = label
-                obj = unpickler.load()
-            except (DatasetError, EOFError, gzip.BadGzipFile, zlib.error):
-                raise
-            except Exception as exc:  # UnpicklingError, or numpy refusing a malformed state
-                # Damaged deflate data often decompresses to garbage before the CRC is reached;
-                # reading on to the trailer tells a damaged file from a foreign pickle.
-                if is_gzip:
-                    while stream.read(1 << 20):
-                        pass
-                raise DatasetError(
-                    f"{label}: not a valid pickle of numpy arrays: {_one_line(exc)}"
-                ) from None
-            # Read to the end so that gzip checks its CRC and length trailer.
-            if stream.read(1 << 16):
-                raise DatasetError(f"{label}: unexpected bytes after the pickle ({_DAMAGED})")
-    except FileNotFoundError:
-        raise DatasetError(f"{label}: no such file") from None
-    except EOFError as exc:
-        if "end-of-stream" in str(exc) or "Compressed file ended" in str(exc):
-            raise DatasetError(f"{label}: truncated gzip stream ({_DAMAGED})") from None
-        raise DatasetError(f"{label}: pickle ends early ({_DAMAGED})") from None
-    except (gzip.BadGzipFile, zlib.error) as exc:
-        raise DatasetError(f"{label}: {_gzip_fault(exc)}") from None
+    with _open_data(path, label) as stream:
+        is_gzip = isinstance(stream, gzip.GzipFile)
+        bounded = _Bounded(stream, _MAX_PKL_BYTES)
+        try:
+            obj = _SafeUnpickler(bounded, encoding="latin1").load()
+        except _Refused as exc:
+            raise DatasetError(f"{label}: {exc}; {_REFUSED_ADVICE}") from None
+        except EOFError as exc:
+            if "end-of-stream" in str(exc) or "Compressed file ended" in str(exc):
+                raise  # gzip's: _open_data reports a truncated file
+            raise DatasetError(f"{label}: pickle ends early ({_DAMAGED})") from None
+        except _UNPICKLING_FAULTS as exc:
+            # Damaged deflate data often decompresses to garbage before the CRC is reached;
+            # reading on to the trailer tells a damaged file from a foreign pickle.
+            if is_gzip:
+                bounded.drain()
+            raise DatasetError(
+                f"{label}: not a valid pickle of numpy arrays: {_one_line(exc)}; {_REFUSED_ADVICE}"
+            ) from None
+        # Read to the end so that gzip checks its CRC and length trailer.
+        if stream.read(1 << 16):
+            raise DatasetError(f"{label}: unexpected bytes after the pickle ({_DAMAGED})")
     return _check_structure(obj, label)
 
 
@@ -690,7 +949,7 @@ def _check_structure(obj, label):
     for name, pair in zip(names, obj):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise DatasetError(f"{label}: {name} set is not an (x, y) pair but {_describe(pair)}")
-        x, y = pair
+        x, y = (v.array if isinstance(v, _Array) and v.array is not None else v for v in pair)
         if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
             raise DatasetError(f"{label}: {name} set holds {_describe(x)}, {_describe(y)}, not arrays")
         if x.dtype != np.float32 or x.ndim != 2 or x.shape[1] != N_ROWS * N_COLS:
@@ -715,6 +974,10 @@ def _describe(obj):
         return f"a {type(obj).__name__} of {len(obj)}"
     if isinstance(obj, np.ndarray):
         return f"a {obj.dtype} array {obj.shape}"
+    if isinstance(obj, _Array):
+        return "an array without data"
+    if isinstance(obj, _Dtype):
+        return "a dtype"
     return f"a {type(obj).__name__}"
 
 
@@ -738,14 +1001,18 @@ def load_arrays(dataset):
     Raises
     ------
     DatasetError
-        On a missing, damaged or ill-formed file, or a pickle that asks for anything but
-        numpy arrays (nothing in the file is executed).
+        On a missing, unreadable, damaged or ill-formed file, or a pickle that asks for
+        anything but plain numpy arrays (nothing in the file is executed, and no array is
+        allocated larger than the data the pickle holds for it).
     """
     path = Path(os.fspath(dataset))
-    if path.is_dir():
-        return _load_idx_folder(path)
-    if not path.exists():
-        raise DatasetError(f"{dataset}: no such file or folder")
+    try:
+        if path.is_dir():
+            return _load_idx_folder(path)
+        if not path.exists():
+            raise DatasetError(f"{dataset}: no such file or folder")
+    except OSError as exc:  # examining the path or a file in the folder (a name too long, say)
+        raise DatasetError(_cannot_read(exc.filename or dataset, exc)) from None
     return _load_pkl(path)
 
 
