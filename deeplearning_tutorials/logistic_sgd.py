@@ -433,6 +433,10 @@ def predict(params="best_model.npz", dataset="mnist.pkl.gz", n=10):
     test_set_x, test_set_y = datasets_[2]
     test_set_x = test_set_x.get_value()
 
+    if n > test_set_x.shape[0]:
+        raise training.ArgumentError(
+            f"n is {n}, but the test set holds {test_set_x.shape[0]} images: choose a smaller n"
+        )
     predicted_values = predict_model(test_set_x[:n])
     print("Predicted values for the first %d examples in test set:" % n)
     print(predicted_values)
