@@ -14,6 +14,9 @@ and refresh the Chinese catalogs after changing English prose with::
 import os
 import sys
 
+from docutils import nodes
+from sphinx.transforms import SphinxTransform
+
 # The package is installed (editable) in the project's environment; the path
 # below lets a bare checkout build too.  autodoc imports the package, which
 # needs neither MNIST nor the network.
@@ -32,9 +35,11 @@ extensions = [
 
 # No network at build time: no intersphinx, no remote images.
 templates_path = []
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "locale"]
+# docs/benchmarks/ holds tables the benchmarks write; pages include them.
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "locale", "benchmarks"]
 html_theme = "alabaster"
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["tables.css"]
 html_theme_options = {
     "page_width": "1100px",
     "sidebar_width": "230px",
@@ -88,7 +93,33 @@ def _skip_undocumented(app, what, name, obj, skip, options):
     return None
 
 
+class _MeasuredFiguresUntranslated(SphinxTransform):
+    """Leave measured figures out of translation.
+
+    Two kinds of content hold names and numbers that change with every run:
+    the tables the benchmarks write (``docs/benchmarks/``, included by the
+    pages) and the body of a table marked ``:class: measured``.  Marking them
+    untranslatable keeps them out of the catalogs, so that new figures need no
+    new translation; the Chinese edition shows them as they are, with its own
+    column headings.
+    """
+
+    default_priority = 5  # before Sphinx's Locale transform (20)
+
+    def apply(self, **kwargs):
+        generated = os.path.join(os.path.abspath(self.env.srcdir), "benchmarks") + os.sep
+        for node in self.document.findall(nodes.Element):
+            if node.source and os.path.abspath(node.source).startswith(generated):
+                node["translatable"] = False
+        for table in self.document.findall(nodes.table):
+            if "measured" in table["classes"]:
+                for body in table.findall(nodes.tbody):
+                    for node in body.findall(nodes.Element):
+                        node["translatable"] = False
+
+
 def setup(app):
+    app.add_transform(_MeasuredFiguresUntranslated)
     app.connect("autodoc-skip-member", _skip_undocumented)
     # after numpydoc (priority 500) has rewritten the docstring
     app.connect("autodoc-process-docstring", _no_docstrings_in_catalogs, priority=900)
