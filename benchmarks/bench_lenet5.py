@@ -27,8 +27,7 @@ Usage::
     python benchmarks/bench_lenet5.py --modes DLT_NUMBA --floatX float32 --steps 20
     python benchmarks/bench_lenet5.py --write docs/benchmarks/cpu.rst   # the docs' table
 
-The ports run as the programs do: in the named mode, with PyTensor's ``openmp``
-flag on.  The table records the machine, the date and the versions it ran.
+The port runs as the programs do, in the named mode.  The table records the machine, the date and the versions it ran.
 
 MNIST is read from ``--dataset`` (default: ``$DEEPLEARNING_TUTORIALS_MNIST/../mnist.pkl.gz``
 when that variable is set, else the tutorial's lookup of ``mnist.pkl.gz``).
@@ -85,7 +84,7 @@ def run_port(mode, floatX, dataset, steps):
 
     data = _arrays(dataset, n_train=4 * BATCH)
     # As the lessons run (flags.with_flags): the mode set globally.
-    with pytensor.config.change_flags(floatX=floatX, mode=get_mode(mode), openmp=True):
+    with pytensor.config.change_flags(floatX=floatX, mode=get_mode(mode)):
         t0 = time.perf_counter()
         _, train_model, validate_model = lenet5_functions(data)
         float(train_model(0))

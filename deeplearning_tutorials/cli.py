@@ -43,7 +43,8 @@ EXTRA_HELP = {
     "mode": "the mode the run compiles in: the package's DLT_NUMBA, DLT_CVM, DLT_C, DLT_JAX"
     " (PyTensor's backends with the tutorials' rewrites), or PyTensor's own NUMBA, CVM, C,"
     " JAX, FAST_COMPILE (default: DLT_NUMBA)",
-    "floatX": "float precision of the data and parameters (default: PyTensor's floatX)",
+    "floatX": "float precision of the data and parameters (default: PyTensor's floatX, "
+    "float64 unless PYTENSOR_FLAGS says otherwise)",
 }
 
 

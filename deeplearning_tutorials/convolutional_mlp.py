@@ -189,7 +189,7 @@ def evaluate_lenet5(
         Number of examples per minibatch.
     save_best : str or None
         Where to save the best model's parameters (``.npz``) at each new
-        best; None (the default, as in the original) saves nothing.
+        best; None (``none`` on the command line; the default, as in the original) saves nothing.
     checkpoint : str or None
         Where to keep a checkpoint, rewritten after every epoch.
     resume : bool

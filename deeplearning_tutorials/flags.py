@@ -50,14 +50,12 @@ def with_flags(function):
     The wrapped function runs with ``pytensor.config.mode`` set to the mode named
     ``mode`` (:data:`~deeplearning_tutorials.modes.DEFAULT_MODE` when None) and
     ``pytensor.config.floatX`` to ``floatX`` (when given), so every
-    ``pytensor.function`` it compiles uses them.  PyTensor's ``openmp`` flag is on
-    for the run: the C code of the convolutions, the pooling and PyTensor's own
-    elementwise operations then uses every core (``OMP_NUM_THREADS`` limits them).
+    ``pytensor.function`` it compiles uses them.
     """
 
     @functools.wraps(function)
     def wrapper(*args, mode=None, floatX=None, **kwargs):
-        flags = {"mode": get_mode(check_mode(mode) or DEFAULT_MODE), "openmp": True}
+        flags = {"mode": get_mode(check_mode(mode) or DEFAULT_MODE)}
         if check_floatX(floatX) is not None:
             flags["floatX"] = floatX
         with pytensor.config.change_flags(**flags):

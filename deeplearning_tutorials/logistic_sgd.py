@@ -248,8 +248,8 @@ def sgd_optimization_mnist(
         Number of examples per minibatch.
     save_best : str or None
         Where to save the best model's parameters (``.npz``) at each new
-        best, as the original pickled it to ``best_model.pkl``; None saves
-        nothing.
+        best, as the original pickled it to ``best_model.pkl``; None
+        (``none`` on the command line) saves nothing.
     checkpoint : str or None
         Where to keep a checkpoint, rewritten after every epoch.
     resume : bool

@@ -203,7 +203,7 @@ def test_mlp(
         Number of hidden units.
     save_best : str or None
         Where to save the best model's parameters (``.npz``) at each new
-        best; None (the default, as in the original) saves nothing.
+        best; None (``none`` on the command line; the default, as in the original) saves nothing.
     checkpoint : str or None
         Where to keep a checkpoint, rewritten after every epoch.
     resume : bool

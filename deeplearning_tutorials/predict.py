@@ -144,8 +144,11 @@ def main(argv=None):
                         help="the MNIST dataset (default: mnist.pkl.gz)")
     parser.add_argument("-n", type=int, default=10,
                         help="how many test images, at most the test set's size (default: 10)")
-    parser.add_argument("--mode", type=str.upper, choices=MODES)
-    parser.add_argument("--floatX", choices=FLOATX)
+    parser.add_argument("--mode", type=str.upper, choices=MODES,
+                        help="the mode to compile in (default: DLT_NUMBA)")
+    parser.add_argument("--floatX", choices=FLOATX,
+                        help="float precision (default: PyTensor's floatX, float64 unless "
+                             "PYTENSOR_FLAGS says otherwise); the one the model was trained in")
     args = vars(parser.parse_args(argv))
     try:
         predict(**args)

@@ -1,8 +1,9 @@
 """The JAX implementations of the convolution and max-pooling Ops.
 
-Importing this module (which imports JAX) registers them with PyTensor's JAX
-backend (``jax_funcify``), for these Ops only. :mod:`deeplearning_tutorials.nnet`
-imports it when JAX is installed.
+Importing this module (which imports JAX and PyTensor's JAX backend) registers
+them with that backend (``jax_funcify``), for these Ops only;
+:mod:`deeplearning_tutorials.nnet` imports it the first time a graph holding
+these Ops is compiled for JAX.
 
 Each convolution Op has two JAX versions, chosen when a function is compiled
 (:func:`conv_algorithm`):
