@@ -1,0 +1,321 @@
+"""Tests of :mod:`deeplearning_tutorials.modes.c`: the package's C modes, ``DLT_CVM`` and ``DLT_C``.
+
+* :class:`MatMul` (SciPy's BLAS from C) against NumPy, for every memory layout its
+  C code distinguishes (C-contiguous, transposed views, copies of anything else)
+  and for empty operands;
+* the rewrites: matrix products become :class:`MatMul`, ``Softmax`` /
+  ``LogSoftmax`` are inlined, the likelihood's pick ``log(p)[arange(n), y]`` and
+  its gradient become flat takes, so the tutorials' graphs run entirely as C code
+  (``DLT_CVM`` has no Python thunk, ``DLT_C`` compiles at all), with PyTensor's
+  NUMBA mode's numbers;
+* PyTensor's own modes are left as they are.
+"""
+
+import functools
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from pytensor.compile.mode import get_mode
+from pytensor.gradient import verify_grad
+from pytensor.link.c.basic import CLinker
+from pytensor.tensor.special import LogSoftmax, Softmax
+from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
+
+import deeplearning_tutorials.modes  # noqa: F401 (registers the DLT_ modes)
+from deeplearning_tutorials.modes import WholeGraphCLinker
+from deeplearning_tutorials.modes.c import TAG, AdvancedIncSubtensor1, MatMul, matmul
+
+DTYPES = ["float32", "float64"]
+RTOL = {"float32": 1e-5, "float64": 1e-12}
+C_MODES = ["DLT_CVM", "DLT_C"]
+
+
+def python_thunk_nodes(fn):
+    """The nodes a VM function runs as Python thunks (no C code)."""
+    return [str(node) for node, thunk in zip(fn.vm.nodes, fn.vm.thunks)
+            if not hasattr(thunk, "cthunk")]
+
+
+def pair_indexing_nodes(fn):
+    """The nodes that index a matrix with a pair of index vectors, ``x[rows, cols]``
+    (PyTensor 3.0 has no C code for them; the package's C modes take from the
+    raveled matrix instead)."""
+    found = []
+    for node in fn.maker.fgraph.apply_nodes:
+        if isinstance(node.op, (AdvancedSubtensor, AdvancedIncSubtensor)):
+            skip = 2 if isinstance(node.op, AdvancedIncSubtensor) else 1
+            if node.inputs[0].ndim == 2 and len(node.inputs[skip:]) == 2:
+                found.append(str(node))
+    return found
+
+
+def op_names(fn):
+    return {type(node.op).__name__ for node in fn.maker.fgraph.apply_nodes}
+
+
+def assert_close(got, expected, dtype, what=""):
+    got, expected = np.asarray(got), np.asarray(expected)
+    assert got.shape == expected.shape, what
+    scale = max(1.0, float(np.abs(expected).max())) if expected.size else 1.0
+    np.testing.assert_allclose(got, expected, rtol=RTOL[dtype], atol=RTOL[dtype] * scale,
+                               err_msg=what)
+
+
+# ---------------------------------------------------------------------------
+# MatMul
+# ---------------------------------------------------------------------------
+
+
+@functools.cache
+def matmul_function(mode, dtype):
+    """Products of ``a`` (m, k) and ``b`` (k, n) given in every layout MatMul's C code knows.
+
+    ``at`` (k, m) and ``bt`` (n, k) are the transposes, ``big`` (2m, 2k) holds
+    ``a`` at its even rows and columns.
+    """
+    a, b, at, bt, big = (pt.matrix(name, dtype=dtype) for name in ("a", "b", "at", "bt", "big"))
+    outputs = [
+        matmul(a, b),  # as given (C- or F-ordered)
+        matmul(at.T, b),  # a transposed view
+        matmul(a, bt.T),
+        matmul(at.T, bt.T),
+        matmul(a[::-1], b[:, ::-1]),  # negative strides: a contiguous copy
+        matmul(big[::2, ::2], b),  # a strided slice
+    ]
+    fn = pytensor.function([a, b, at, bt, big], outputs, mode=mode)
+    assert sum(isinstance(n.op, MatMul) for n in fn.maker.fgraph.apply_nodes) == len(outputs)
+    if mode in ("DLT_CVM", "CVM"):
+        assert python_thunk_nodes(fn) == []
+    return fn
+
+
+MATMUL_SHAPES = [(3, 4, 5), (1, 5, 1), (5, 1, 4), (1, 1, 1), (7, 13, 5), (64, 33, 17),
+                 (4, 0, 3), (0, 3, 2), (3, 2, 0), (0, 0, 0)]
+
+
+@pytest.mark.parametrize("m,k,n", MATMUL_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["DLT_CVM", "DLT_C", "CVM", "FAST_COMPILE"])
+def test_matmul_matches_numpy(mode, dtype, m, k, n):
+    rng = np.random.default_rng(m * 100 + k * 10 + n)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    big = np.zeros((2 * m, 2 * k), dtype)
+    big[::2, ::2] = a
+    expected = a.astype("float64") @ b.astype("float64")
+    expected_flipped = a[::-1].astype("float64") @ b[:, ::-1].astype("float64")
+    fn = matmul_function(mode, dtype)
+    for order in ("C", "F"):
+        args = [np.asarray(v, order=order) for v in (a, b, a.T, b.T, big)]
+        got = [np.asarray(v) for v in fn(*args)]
+        for i, g in enumerate(got):
+            assert g.dtype == dtype, (order, i)
+            assert_close(g, expected_flipped if i == 4 else expected, dtype, f"{order} output {i}")
+    if k == 0 and m * n:
+        assert not np.asarray(fn(a, b, a.T, b.T, big)[0]).any()  # zeros, not garbage
+
+
+def test_matmul_refuses_what_it_cannot_multiply():
+    with pytest.raises(TypeError, match="matrices"):
+        matmul(pt.vector(), pt.matrix())
+    with pytest.raises(TypeError, match="float32 or float64"):
+        matmul(pt.matrix(dtype="float32"), pt.matrix(dtype="float64"))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        matmul(pt.matrix(dtype="int64"), pt.matrix(dtype="int64"))
+    assert matmul(pt.tensor(shape=(3, None)), pt.tensor(shape=(None, 4))).type.shape == (3, 4)
+    a, b = pt.matrix("a"), pt.matrix("b")
+    fn = pytensor.function([a, b], matmul(a, b), mode="DLT_CVM")
+    with pytest.raises(ValueError, match="do not fit"):
+        fn(np.ones((2, 3)), np.ones((4, 2)))
+
+
+@pytest.mark.parametrize("mode", ["FAST_COMPILE", "DLT_CVM"])
+def test_matmul_gradient(mode):
+    rng = np.random.default_rng(0)
+    verify_grad(matmul, [rng.standard_normal((3, 4)), rng.standard_normal((4, 2))], rng=rng,
+                mode=mode)
+
+
+# ---------------------------------------------------------------------------
+# The rewrites
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matrix_products_become_matmul_only_in_the_packages_c_modes(dtype):
+    x, W = pt.matrix("x", dtype=dtype), pt.matrix("W", dtype=dtype)
+    b = pt.vector("b", dtype=dtype)
+    out = pt.tanh(pt.dot(x, W) + b)
+    gW = pytensor.grad(out.sum(), W)
+    names = {}
+    for mode in ("DLT_CVM", "DLT_C", "CVM", "NUMBA", "DLT_NUMBA"):
+        names[mode] = op_names(pytensor.function([x, W, b], [out, gW], mode=mode))
+    for mode in C_MODES:
+        assert "MatMul" in names[mode], mode
+        assert not names[mode] & {"Dot", "Dot22", "Gemm", "Dot22Scalar"}, (mode, names[mode])
+    for mode in ("CVM", "NUMBA", "DLT_NUMBA"):
+        assert "MatMul" not in names[mode], mode
+    assert names["CVM"] & {"Dot22", "Gemm", "Dot"}
+
+
+def test_the_rewrites_are_registered_under_the_packages_tag_only():
+    for mode in C_MODES:
+        assert TAG in get_mode(mode).provided_optimizer.include, mode
+    for mode in ("CVM", "C", "NUMBA", "JAX", "FAST_RUN", "DLT_NUMBA", "DLT_JAX"):
+        assert TAG not in get_mode(mode).provided_optimizer.include, mode
+
+
+def _logistic_graph(dtype):
+    """The logistic regression's outputs: softmax, log-softmax, the likelihood's pick
+    ``log(p)[arange(n), y]``, its mean and the gradients."""
+    x, y = pt.matrix("x", dtype=dtype), pt.ivector("y")
+    W, b = pt.matrix("W", dtype=dtype), pt.vector("b", dtype=dtype)
+    logits = pt.dot(x, W) + b
+    p = pt.special.softmax(logits, axis=-1)
+    log_p = pt.special.log_softmax(logits, axis=-1)
+    picked = pt.log(p)[pt.arange(y.shape[0]), y]
+    cost = -pt.mean(picked)
+    gW, gb = pytensor.grad(cost, [W, b])
+    return [x, y, W, b], [p, log_p, picked, cost, gW, gb]
+
+
+def _logistic_values(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((7, 5)).astype(dtype), rng.integers(0, 3, 7).astype("int32"),
+            rng.standard_normal((5, 3)).astype(dtype), rng.standard_normal(3).astype(dtype)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_and_the_likelihood_pick_run_entirely_as_c(dtype):
+    inputs, outputs = _logistic_graph(dtype)
+    cvm = pytensor.function(inputs, outputs, mode="DLT_CVM")
+    assert python_thunk_nodes(cvm) == []
+    # Mode C compiles the whole function as one C module or not at all.
+    whole = pytensor.function(inputs, outputs, mode="DLT_C")
+    assert isinstance(whole.maker.linker, WholeGraphCLinker)
+    for fn in (cvm, whole):
+        nodes = [n.op for n in fn.maker.fgraph.apply_nodes]
+        assert not [op for op in nodes if isinstance(op, (Softmax, LogSoftmax))]
+        assert pair_indexing_nodes(fn) == []
+    # PyTensor's own CVM is left as it is: its products, its pair indexing.
+    plain = pytensor.function(inputs, outputs, mode="CVM")
+    assert "MatMul" not in op_names(plain)
+    assert len(pair_indexing_nodes(plain)) == 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_c_modes_give_numbas_numbers(dtype):
+    inputs, outputs = _logistic_graph(dtype)
+    values = _logistic_values(dtype)
+    ref = [np.asarray(v) for v in pytensor.function(inputs, outputs, mode="NUMBA")(*values)]
+    for mode in C_MODES:
+        got = pytensor.function(inputs, outputs, mode=mode)(*values)
+        for i, (g, r) in enumerate(zip(got, ref)):
+            assert np.asarray(g).dtype == r.dtype, (mode, i)
+            assert_close(g, r, dtype, f"{mode} output {i}")
+    # The picks are the log-probabilities of the labels.
+    p = ref[0].astype("float64")
+    np.testing.assert_allclose(ref[2], np.log(p[np.arange(7), values[1]]), rtol=RTOL[dtype])
+
+
+PAIRS = (np.array([0, 2, -1, 0, 1]), np.array([1, -1, 0, 1, -4]))  # negative, repeated
+
+
+def _pair_function(mode, build):
+    x = pt.matrix("x")
+    rows, cols = pt.lvector("rows"), pt.lvector("cols")
+    v = pt.vector("v")
+    fn = pytensor.function([x, rows, cols, v], build(x, rows, cols, v), mode=mode,
+                           on_unused_input="ignore")
+    if mode == "DLT_CVM":
+        assert python_thunk_nodes(fn) == []
+    assert pair_indexing_nodes(fn) == []
+    return fn
+
+
+@pytest.mark.parametrize("mode", C_MODES)
+def test_pair_indexing_keeps_numpys_semantics(mode):
+    def build(x, rows, cols, v):
+        picked = x[rows, cols]
+        return [picked, pytensor.grad((picked * v).sum(), x)]  # duplicates accumulate
+
+    fn = _pair_function(mode, build)
+    xv = np.arange(12.0).reshape(3, 4)
+    r, c = PAIRS
+    vv = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    picked, grad = fn(xv, r, c, vv)
+    np.testing.assert_array_equal(picked, xv[r, c])
+    expected_grad = np.zeros_like(xv)
+    np.add.at(expected_grad, (r, c), vv)
+    assert expected_grad[0, 1] == 5.0  # (0, 1) twice
+    np.testing.assert_array_equal(grad, expected_grad)
+    # Out-of-bounds indices raise, as NumPy does, instead of wrapping into the
+    # next row of the flat array.
+    for bad_r, bad_c in (([0], [4]), ([0], [-5]), ([3], [0]), ([5], [-1])):
+        with pytest.raises(Exception):
+            fn(xv, np.array(bad_r), np.array(bad_c), np.ones(1))
+
+
+def _inc_modes():
+    yield "DLT_CVM"
+    yield pytest.param("DLT_C", marks=pytest.mark.xfail(
+        AdvancedIncSubtensor1 is not None, strict=True, raises=ValueError,
+        reason="PyTensor 3.0 bug inherited by DLT_C (3.3 has no AdvancedIncSubtensor1): its "
+        "copying (not in-place) C code reads its input's Python object, stale inside a "
+        "whole-graph C module"))
+
+
+@pytest.mark.parametrize("mode", list(_inc_modes()))
+def test_pair_increments_and_sets_keep_numpys_semantics(mode):
+    def build(x, rows, cols, v):
+        return [pt.inc_subtensor(x[rows, cols], 1.0),  # a broadcast increment
+                pt.inc_subtensor(x[rows, cols], v),
+                pt.set_subtensor(x[rows, cols], v)]
+
+    fn = _pair_function(mode, build)
+    xv = np.arange(12.0).reshape(3, 4)
+    r, c = (a[[0, 1, 2, 4]] for a in PAIRS)  # distinct pairs, for set_subtensor
+    vv = np.array([10.0, 20.0, 30.0, 40.0])
+    inc_one, inc_v, set_v = fn(xv, r, c, vv)
+    for got, update in ((inc_one, 1.0), (inc_v, vv)):
+        expected = xv.copy()
+        np.add.at(expected, (r, c), update)
+        np.testing.assert_array_equal(got, expected)
+    expected = xv.copy()
+    expected[r, c] = vv
+    np.testing.assert_array_equal(set_v, expected)
+    np.testing.assert_array_equal(xv, np.arange(12.0).reshape(3, 4))  # the input is intact
+
+
+@pytest.mark.xfail(strict=True, reason="package bug: a negative row index below -n_rows wraps "
+                   "into the flat array (x[-4, 0] of a 3-row matrix is x[2, 0]) instead of raising")
+@pytest.mark.parametrize("mode", C_MODES)
+def test_pair_indexing_refuses_rows_below_minus_n_rows(mode):
+    x = pt.matrix("x")
+    rows, cols = pt.lvector("rows"), pt.lvector("cols")
+    fn = pytensor.function([x, rows, cols], x[rows, cols], mode=mode)
+    with pytest.raises(IndexError):
+        np.arange(12.0).reshape(3, 4)[np.array([-4]), np.array([0])]
+    with pytest.raises(Exception):
+        fn(np.arange(12.0).reshape(3, 4), np.array([-4]), np.array([0]))
+
+
+# ---------------------------------------------------------------------------
+# A tutorial's training step through C only
+# ---------------------------------------------------------------------------
+
+
+def test_mode_c_compiles_what_pytensors_own_c_mode_cannot():
+    inputs, outputs = _logistic_graph("float64")
+    fn = pytensor.function(inputs, outputs, mode="DLT_C")
+    assert isinstance(fn.maker.linker, CLinker)
+    values = _logistic_values("float64", seed=3)
+    assert np.isfinite(float(fn(*values)[3]))
+    try:
+        pytensor.function(inputs, outputs, mode="C")
+    except NotImplementedError:
+        pass  # PyTensor 3.0: Softmax, the products and the picks have no C code
+    else:  # pragma: no cover - a later PyTensor
+        pytest.skip("this PyTensor's own C mode compiles the graph too")
