@@ -175,7 +175,10 @@ def _flat_pair_index(x, rows, cols):
     n_rows, n_cols = Shape_i(0)(x), Shape_i(1)(x)
     rows = pt.switch(pt.lt(rows, 0), rows + n_rows, rows)
     cols = pt.switch(pt.lt(cols, 0), cols + n_cols, cols)
-    # The flat index would lose the column check: keep it.
+    # The flat index would lose the bounds checks: keep them.
+    rows = Assert("index out of bounds in the row axis")(
+        rows, pt.all(pt.ge(rows, 0) & pt.lt(rows, n_rows))
+    )
     cols = Assert("index out of bounds in the column axis")(
         cols, pt.all(pt.ge(cols, 0) & pt.lt(cols, n_cols))
     )

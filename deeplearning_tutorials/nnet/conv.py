@@ -53,8 +53,8 @@ def _patches(x, kh, kw):
 
 def _flipped_matrix(w):
     """Filters flipped in both spatial axes, as a ``(F, C*kh*kw)`` matrix."""
-    F = w.shape[0]
-    return np.ascontiguousarray(w[:, :, ::-1, ::-1]).reshape(F, -1)
+    F, C, kh, kw = w.shape
+    return np.ascontiguousarray(w[:, :, ::-1, ::-1]).reshape(F, C * kh * kw)
 
 
 def _check_conv_shapes(x_shape, w_shape):

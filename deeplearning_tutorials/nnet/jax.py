@@ -199,10 +199,29 @@ _KERNELS = {
 }
 
 
+def _check_conv_shapes(which, a, b):
+    """Refuse, while JAX traces, the shapes the other backends refuse when they run."""
+    if which == 0:  # (x, w)
+        fits = a.shape[1] == b.shape[1] and b.shape[2] <= a.shape[2] and b.shape[3] <= a.shape[3]
+    elif which == 1:  # (gz, w)
+        fits = a.shape[1] == b.shape[0]
+    else:  # (x, gz)
+        fits = a.shape[0] == b.shape[0] and b.shape[2] <= a.shape[2] and b.shape[3] <= a.shape[3]
+    if not fits:
+        what = "conv2d" if which == 0 else "conv2d gradient"
+        raise ValueError(f"{what}: shapes {tuple(a.shape)} and {tuple(b.shape)} do not fit")
+
+
 def _conv_kernel(which, node):
     """Kernel ``which`` (0 forward, 1 input gradient, 2 filter gradient) for ``node``."""
     dtype = node.outputs[0].dtype if node is not None else "float32"
-    return _KERNELS[conv_algorithm(jax.default_backend(), dtype)][which]
+    kernel = _KERNELS[conv_algorithm(jax.default_backend(), dtype)][which]
+
+    def conv(a, b):
+        _check_conv_shapes(which, a, b)
+        return kernel(a, b)
+
+    return conv
 
 
 @jax_funcify.register(Conv2d)

@@ -294,8 +294,9 @@ def _pool_out_size(n, ws, ignore_border):
 def _max_pool_2x2(x3, oh, ow):
     """2x2 windows that all lie inside ``x3`` (LeNet5's pooling): a fixed-shape loop.
 
-    The maximum is taken in the generic kernel's order (a new value wins only
-    when strictly greater), with selects the compiler vectorises.
+    The maximum is taken in the generic kernel's order (a new value wins when
+    strictly greater, and a NaN always, as in NumPy's max), with selects the
+    compiler vectorises.
     """
     M = x3.shape[0]
     out = np.empty((M, oh, ow), dtype=x3.dtype)
@@ -304,11 +305,11 @@ def _max_pool_2x2(x3, oh, ow):
             for j in range(ow):
                 mx = x3[m, 2 * i, 2 * j]
                 v = x3[m, 2 * i, 2 * j + 1]
-                mx = v if v > mx else mx
+                mx = v if v > mx or v != v else mx
                 v = x3[m, 2 * i + 1, 2 * j]
-                mx = v if v > mx else mx
+                mx = v if v > mx or v != v else mx
                 v = x3[m, 2 * i + 1, 2 * j + 1]
-                mx = v if v > mx else mx
+                mx = v if v > mx or v != v else mx
                 out[m, i, j] = mx
     return out
 
@@ -367,7 +368,7 @@ def max_pool_3d(x3, wh, ww, ignore_border):
                     mx = x3[m, r, c0] if r == r0 else out[m, i, j]
                     for c in range(c0, c1):
                         val = x3[m, r, c]
-                        if val > mx:
+                        if val > mx or val != val:
                             mx = val
                     out[m, i, j] = mx
     return out
@@ -406,7 +407,7 @@ def max_pool_grad_3d(x3, out3, gz3, wh, ww):
 
 
 # Bump when a kernel changes, so that PyTensor's on-disk cache is not reused stale.
-_VERSION = 1
+_VERSION = 2
 
 
 @register_funcify_default_op_cache_key(Conv2d)

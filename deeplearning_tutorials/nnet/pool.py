@@ -175,7 +175,7 @@ class _PoolOpBase(OpenMPOp):
         self.ignore_border = bool(ignore_border)
 
     def c_code_cache_version(self):
-        return (3,)
+        return (4,)
 
     def c_support_code(self, **kwargs):
         return c_support_code("pool.c")

@@ -289,8 +289,6 @@ def test_pair_increments_and_sets_keep_numpys_semantics(mode):
     np.testing.assert_array_equal(xv, np.arange(12.0).reshape(3, 4))  # the input is intact
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: a negative row index below -n_rows wraps "
-                   "into the flat array (x[-4, 0] of a 3-row matrix is x[2, 0]) instead of raising")
 @pytest.mark.parametrize("mode", C_MODES)
 def test_pair_indexing_refuses_rows_below_minus_n_rows(mode):
     x = pt.matrix("x")

@@ -328,8 +328,6 @@ def test_non_finite_gradient_goes_to_the_max_only(dtype, shape):
         np.testing.assert_array_equal(got, expected, err_msg=mode)
 
 
-@pytest.mark.xfail(strict=True, reason="package bug: a NaN input's max depends on the backend "
-                   "(C and Numba skip a NaN unless it opens the window; NumPy and JAX return NaN)")
 def test_nan_inputs_pool_alike_in_every_mode():
     x = pt.matrix("x")
     out = pool_2d(x, (2, 2))

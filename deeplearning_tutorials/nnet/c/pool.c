@@ -1,8 +1,7 @@
 /* Max pooling over non-overlapping wh x ww windows of n planes of H x W, and
    Theano's gradient of it, for one C type (DLT_T, DLT_FN as in conv.c).  Output
    planes are oh x ow: H / wh rounded down (ignore_border) or up (partial windows
-   kept).  A value wins only when strictly greater than the window's maximum so
-   far, in row-major order. */
+   kept).  A NaN in a window makes its maximum NaN, as NumPy's max does. */
 
 static void DLT_FN(dlt_max_pool)(const DLT_T* x, DLT_T* out, long n, int H, int W, int wh,
                                  int ww, int oh, int ow)
@@ -19,9 +18,9 @@ static void DLT_FN(dlt_max_pool)(const DLT_T* x, DLT_T* out, long n, int H, int 
                 DLT_T* o = out + (p * oh + i) * ow;
                 for (j = 0; j < ow; ++j) {
                     DLT_T m = r0[2 * j], t = r0[2 * j + 1];
-                    m = t > m ? t : m;
-                    t = r1[2 * j]; m = t > m ? t : m;
-                    t = r1[2 * j + 1]; m = t > m ? t : m;
+                    m = t > m || t != t ? t : m;
+                    t = r1[2 * j]; m = t > m || t != t ? t : m;
+                    t = r1[2 * j + 1]; m = t > m || t != t ? t : m;
                     o[j] = m;
                 }
             }
@@ -38,7 +37,8 @@ static void DLT_FN(dlt_max_pool)(const DLT_T* x, DLT_T* out, long n, int H, int 
                 DLT_T m = xp[(long)i * wh * W + j * ww];
                 for (u = i * wh; u < r1; ++u)
                     for (v = j * ww; v < c1; ++v)
-                        if (xp[(long)u * W + v] > m) m = xp[(long)u * W + v];
+                        if (xp[(long)u * W + v] > m || xp[(long)u * W + v] != xp[(long)u * W + v])
+                            m = xp[(long)u * W + v];
                 op[(long)i * ow + j] = m;
             }
     }
