@@ -24,7 +24,7 @@ import numpy as np
 import pytensor.tensor as pt
 from numpy.lib.stride_tricks import sliding_window_view
 from pytensor.graph.basic import Apply
-from pytensor.link.c.op import OpenMPOp
+from pytensor.link.c.op import COp
 from pytensor.scalar import upcast
 
 __all__ = ["conv2d", "Conv2d", "Conv2dGradInputs", "Conv2dGradFilters"]
@@ -225,21 +225,17 @@ _CONV_C_CODE = """
 """
 
 
-class _ConvOpBase(OpenMPOp):
-    """What the three convolution Ops share: their C code's plumbing.
+class _ConvOpBase(COp):
+    """What the three convolution Ops share: their C code's plumbing."""
 
-    ``openmp`` (PyTensor's ``openmp`` flag when None) runs the C code's loops over
-    the images on OpenMP's threads.
-    """
-
-    __props__ = ("openmp",)
+    __props__ = ()
     #: kernel name in c/conv.c, what the C error message calls the Op, the shape
     #: check, the output's dimensions and the kernel's int arguments (``A(i)`` and
     #: ``B(i)`` are the inputs' dimensions).
     _c = None
 
     def c_code_cache_version(self):
-        return (2,)
+        return (3,)
 
     def c_support_code(self, **kwargs):
         return c_support_code("conv.c")
@@ -286,7 +282,7 @@ class Conv2d(_ConvOpBase):
     def pullback(self, inputs, outputs, output_grads):
         x, w = inputs
         (gz,) = output_grads
-        return [Conv2dGradInputs(self.openmp)(gz, w), Conv2dGradFilters(self.openmp)(x, gz)]
+        return [Conv2dGradInputs()(gz, w), Conv2dGradFilters()(x, gz)]
 
 
 
@@ -327,7 +323,7 @@ class Conv2dGradInputs(_ConvOpBase):
         # d<ggx, gx>/dgz = conv(ggx, w) and d<ggx, gx>/dw = gradW(ggx, gz).
         gz, w = inputs
         (ggx,) = output_grads
-        return [Conv2d(self.openmp)(ggx, w), Conv2dGradFilters(self.openmp)(ggx, gz)]
+        return [Conv2d()(ggx, w), Conv2dGradFilters()(ggx, gz)]
 
 
 
@@ -362,7 +358,7 @@ class Conv2dGradFilters(_ConvOpBase):
         # gw is bilinear in (x, gz): d<ggw, gw>/dx = gradX(gz; ggw), d/dgz = conv(x, ggw).
         x, gz = inputs
         (ggw,) = output_grads
-        return [Conv2dGradInputs(self.openmp)(gz, ggw), Conv2d(self.openmp)(x, ggw)]
+        return [Conv2dGradInputs()(gz, ggw), Conv2d()(x, ggw)]
 
 
 

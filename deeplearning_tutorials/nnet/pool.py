@@ -17,7 +17,7 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.gradient import grad_not_implemented
 from pytensor.graph.basic import Apply
-from pytensor.link.c.op import OpenMPOp
+from pytensor.link.c.op import COp
 
 from deeplearning_tutorials.nnet.conv import c_support_code, c_type_name
 
@@ -160,22 +160,17 @@ _POOL_C_CODE = """
 """
 
 
-class _PoolOpBase(OpenMPOp):
-    """What the two pooling Ops share: their window and their C code's plumbing.
+class _PoolOpBase(COp):
+    """What the two pooling Ops share: their window and their C code's plumbing."""
 
-    ``openmp`` (PyTensor's ``openmp`` flag when None) runs the C code's loops over
-    the planes on OpenMP's threads.
-    """
+    __props__ = ("ws", "ignore_border")
 
-    __props__ = ("ws", "ignore_border", "openmp")
-
-    def __init__(self, ws, ignore_border, openmp=None):
-        super().__init__(openmp)
+    def __init__(self, ws, ignore_border):
         self.ws = _check_ws(ws)
         self.ignore_border = bool(ignore_border)
 
     def c_code_cache_version(self):
-        return (4,)
+        return (5,)
 
     def c_support_code(self, **kwargs):
         return c_support_code("pool.c")
@@ -222,7 +217,7 @@ class MaxPool2d(_PoolOpBase):
         (x,) = inputs
         (gz,) = output_grads
         (maxout,) = outputs
-        return [MaxPool2dGrad(self.ws, self.ignore_border, self.openmp)(x, maxout, gz)]
+        return [MaxPool2dGrad(self.ws, self.ignore_border)(x, maxout, gz)]
 
     def c_code(self, node, name, inputs, outputs, sub):
         (x,) = inputs

@@ -8,7 +8,7 @@ in dropped border rows and columns receive zero. Max pooling does no arithmetic,
 so every implementation must match it exactly, in float32 and float64:
 
 * the NumPy ``perform`` (``FAST_COMPILE``) and :func:`max_pool_numpy`;
-* the C code (``c/pool.c``) in ``CVM`` and ``C``, with PyTensor's ``openmp`` flag on and off;
+* the C code (``c/pool.c``) in ``CVM`` and ``C``;
 * the Numba kernels (``NUMBA``, and called directly);
 * the JAX kernels (``JAX``, and called directly).
 """
@@ -22,7 +22,6 @@ import pytensor
 import pytensor.tensor as pt
 import pytest
 from pytensor.gradient import verify_grad
-from pytensor.link.c.op import OpenMPOp
 
 from deeplearning_tutorials.nnet import MaxPool2d, MaxPool2dGrad, max_pool_2d, pool_2d
 from deeplearning_tutorials.nnet import numba as nnumba
@@ -184,9 +183,6 @@ def pool_function(mode, openmp, dtype, ws, ignore_border, ndim=4):
         fn = pytensor.function([x, gz], [out, gx], mode=mode)
     nodes = [n for n in fn.maker.fgraph.apply_nodes if isinstance(n.op, (MaxPool2d, MaxPool2dGrad))]
     assert sorted(type(n.op).__name__ for n in nodes) == ["MaxPool2d", "MaxPool2dGrad"]
-    if openmp is not None:
-        expected = bool(openmp) and OpenMPOp.gxx_support_openmp is not False
-        assert {n.op.openmp for n in nodes} == {expected}
     return fn
 
 
@@ -433,13 +429,3 @@ def test_grad_op_nodes():
     assert node.inputs[2].dtype == "float64"
 
 
-def test_ops_inherit_openmp():
-    for openmp in (True, False):
-        with pytensor.config.change_flags(openmp=openmp):
-            x = pt.tensor4("x")
-            out = pool_2d(x, (2, 2))
-        assert out.owner.op.openmp is openmp
-        g = pytensor.grad(out.sum(), x)
-        assert isinstance(g.owner.op, MaxPool2dGrad) and g.owner.op.openmp is openmp
-    assert MaxPool2d((2, 2), True, True) != MaxPool2d((2, 2), True, False)
-    assert MaxPool2d((2, 2), True, True) == MaxPool2d([2, 2], 1, True)

@@ -8,9 +8,8 @@
    with 25) are computed directly, each image in the first-level cache, since there
    im2col would write K copies of every image for products of only K terms.
 
-   The loops over images run on OpenMP's threads when the Op is compiled with it
-   (PyTensor's ``openmp`` flag); the GEMMs on BLAS's own.  Each function returns
-   0, or -1 when out of memory. */
+   The GEMMs run on BLAS's own threads.  Each function returns 0, or -1 when out
+   of memory. */
 
 #define DLT_DIRECT(K) ((K) <= 32)
 
@@ -33,7 +32,6 @@ static void DLT_FN(dlt_im2col)(const DLT_T* x, int b0, int nb, int C, int H, int
     const int oh = H - kh + 1, ow = W - kw + 1;
     const long P = (long)oh * ow, ncol = (long)nb * P;
     int b;
-#pragma omp parallel for schedule(static)
     for (b = 0; b < nb; ++b) {
         int c, u, v, i, j;
         for (c = 0; c < C; ++c)
@@ -56,7 +54,6 @@ static void DLT_FN(dlt_col2im)(const DLT_T* dcols, int b0, int nb, int C, int H,
     const int oh = H - kh + 1, ow = W - kw + 1;
     const long P = (long)oh * ow, ncol = (long)nb * P;
     int b;
-#pragma omp parallel for schedule(static)
     for (b = 0; b < nb; ++b) {
         int c, u, v, i, j;
         memset(gx + (long)(b0 + b) * C * H * W, 0, sizeof(DLT_T) * (long)C * H * W);
@@ -76,7 +73,6 @@ static void DLT_FN(dlt_col2im)(const DLT_T* dcols, int b0, int nb, int C, int H,
 static void DLT_FN(dlt_bfp)(DLT_T* z, int b0, int nb, int F, long P, DLT_T* zm, int scatter)
 {
     int b;
-#pragma omp parallel for schedule(static)
     for (b = 0; b < nb; ++b) {
         int f;
         for (f = 0; f < F; ++f) {
@@ -97,7 +93,6 @@ static void DLT_FN(dlt_conv_fwd_direct)(const DLT_T* x, const DLT_T* wf, DLT_T* 
     const int oh = H - kh + 1, ow = W - kw + 1, K = C * kh * kw;
     const long P = (long)oh * ow;
     int b;
-#pragma omp parallel for schedule(static)
     for (b = 0; b < B; ++b) {
         const DLT_T* xb = x + (long)b * C * H * W;
         DLT_T a0[512], a1[512], a2[512], a3[512];
@@ -195,52 +190,45 @@ static int DLT_FN(dlt_conv_gi)(const DLT_T* gz, const DLT_T* w, DLT_T* gx, int B
     return 0;
 }
 
-/* gwt (K, F), the filters' gradient (flipped, transposed) directly: each part of
-   the batch sums gz[b, f, i, j] * x[b, c, i+u, j+v] over its images into its own
-   block of G, in double; the blocks are then added in order. */
+/* gwt (K, F), the filters' gradient (flipped, transposed) directly: for each tap
+   (c, u, v) and filter f, the sum over the images and output positions of
+   gz[b, f, i, j] * x[b, c, i+u, j+v].  Each output row adds into a row of
+   partial sums (which the compiler vectorises), summed once per image; the
+   images' sums are added in double. */
 static int DLT_FN(dlt_conv_gw_direct)(const DLT_T* x, const DLT_T* gz, DLT_T* gwt, int B, int C,
                                       int H, int W, int F, int oh, int ow)
 {
     const int kh = H - oh + 1, kw = W - ow + 1, K = C * kh * kw;
-    int nparts = 1, part;
-    long k;
-    double* G;
-#ifdef _OPENMP
-    nparts = omp_get_max_threads();
-#endif
-    if (nparts > B) nparts = B;
-    G = (double*)dlt_scratch(3, sizeof(double) * (long)nparts * K * F);
-    if (!G) return -1;
-#pragma omp parallel for schedule(static)
-    for (part = 0; part < nparts; ++part) {
-        double* Gp = G + (long)part * K * F;
-        const long lo = (long)B * part / nparts, hi = (long)B * (part + 1) / nparts;
-        long b;
-        int f, c, u, v, i, j;
-        memset(Gp, 0, sizeof(double) * (long)K * F);
-        for (b = lo; b < hi; ++b)
-            for (f = 0; f < F; ++f) {
-                const DLT_T* g = gz + ((long)b * F + f) * oh * ow;
-                for (c = 0; c < C; ++c) {
-                    const DLT_T* xc = x + ((long)b * C + c) * H * W;
-                    for (u = 0; u < kh; ++u)
+    double* G = (double*)dlt_scratch(3, sizeof(double) * (long)K * F);
+    DLT_T* acc = (DLT_T*)dlt_scratch(2, sizeof(DLT_T) * (long)kw * ow);
+    long b, k;
+    int f, c, u, v, i, j;
+    if (!G || !acc) return -1;
+    memset(G, 0, sizeof(double) * (long)K * F);
+    for (b = 0; b < B; ++b)
+        for (f = 0; f < F; ++f) {
+            const DLT_T* g = gz + ((long)b * F + f) * oh * ow;
+            for (c = 0; c < C; ++c) {
+                const DLT_T* xc = x + ((long)b * C + c) * H * W;
+                for (u = 0; u < kh; ++u) {
+                    memset(acc, 0, sizeof(DLT_T) * (long)kw * ow);
+                    for (i = 0; i < oh; ++i) {
+                        const DLT_T* gr = g + (long)i * ow;
+                        const DLT_T* xr = xc + (long)(i + u) * W;
                         for (v = 0; v < kw; ++v) {
-                            DLT_T sum = 0;
-                            for (i = 0; i < oh; ++i) {
-                                const DLT_T* gr = g + (long)i * ow;
-                                const DLT_T* xr = xc + (long)(i + u) * W + v;
-                                for (j = 0; j < ow; ++j) sum += gr[j] * xr[j];
-                            }
-                            Gp[(long)((c * kh + u) * kw + v) * F + f] += sum;
+                            DLT_T* a = acc + (long)v * ow;
+                            for (j = 0; j < ow; ++j) a[j] += gr[j] * xr[j + v];
                         }
+                    }
+                    for (v = 0; v < kw; ++v) {
+                        DLT_T sum = 0;
+                        for (j = 0; j < ow; ++j) sum += acc[(long)v * ow + j];
+                        G[(long)((c * kh + u) * kw + v) * F + f] += sum;
+                    }
                 }
             }
-    }
-    for (k = 0; k < (long)K * F; ++k) {
-        double sum = 0;
-        for (part = 0; part < nparts; ++part) sum += G[(long)part * K * F + k];
-        gwt[k] = (DLT_T)sum;
-    }
+        }
+    for (k = 0; k < (long)K * F; ++k) gwt[k] = (DLT_T)G[k];
     return 0;
 }
 

@@ -10,7 +10,6 @@ static void DLT_FN(dlt_max_pool)(const DLT_T* x, DLT_T* out, long n, int H, int 
     int i, j, u, v;
     if (wh == 2 && ww == 2 && 2 * oh <= H && 2 * ow <= W) {
         /* Whole 2x2 windows (LeNet5's): selects the compiler vectorises. */
-#pragma omp parallel for schedule(static) private(i, j)
         for (p = 0; p < n; ++p)
             for (i = 0; i < oh; ++i) {
                 const DLT_T* r0 = x + (p * H + 2 * i) * W;
@@ -26,7 +25,6 @@ static void DLT_FN(dlt_max_pool)(const DLT_T* x, DLT_T* out, long n, int H, int 
             }
         return;
     }
-#pragma omp parallel for schedule(static) private(i, j, u, v)
     for (p = 0; p < n; ++p) {
         const DLT_T* xp = x + p * H * W;
         DLT_T* op = out + p * oh * ow;
@@ -46,16 +44,16 @@ static void DLT_FN(dlt_max_pool)(const DLT_T* x, DLT_T* out, long n, int H, int 
 
 /* gx (n, H, W): every input equal to its window's maximum gets the window's
    gradient (ties included, as Theano's MaxPoolGrad); the others, and the rows and
-   columns that no window covers, get zero.  Written row by row, each element
-   once, with a select rather than a branch. */
+   columns that no window covers, get zero.  Every element is written once, with
+   a select rather than a branch (real data takes it one time in four, at random,
+   which a branch would mispredict). */
 static void DLT_FN(dlt_max_pool_grad)(const DLT_T* x, const DLT_T* maxout, const DLT_T* gz,
                                       DLT_T* gx, long n, int H, int W, int wh, int ww, int oh,
                                       int ow)
 {
     long p;
-    int r, c, i;
+    int r, c, i, j;
     const int cols = ow * ww < W ? ow * ww : W;
-#pragma omp parallel for schedule(static) private(r, c, i)
     for (p = 0; p < n; ++p)
         for (r = 0; r < H; ++r) {
             const DLT_T* xr = x + (p * H + r) * W;
@@ -68,9 +66,12 @@ static void DLT_FN(dlt_max_pool_grad)(const DLT_T* x, const DLT_T* maxout, const
             {
                 const DLT_T* mr = maxout + (p * oh + i) * ow;
                 const DLT_T* zr = gz + (p * oh + i) * ow;
-                if (ww == 2)
-                    for (c = 0; c < cols; ++c)
-                        gr[c] = xr[c] == mr[c >> 1] ? zr[c >> 1] : (DLT_T)0;
+                if (ww == 2 && cols == 2 * ow)
+                    for (j = 0; j < ow; ++j) {
+                        const DLT_T m = mr[j], g = zr[j];
+                        gr[2 * j] = xr[2 * j] == m ? g : (DLT_T)0;
+                        gr[2 * j + 1] = xr[2 * j + 1] == m ? g : (DLT_T)0;
+                    }
                 else
                     for (c = 0; c < cols; ++c)
                         gr[c] = xr[c] == mr[c / ww] ? zr[c / ww] : (DLT_T)0;
