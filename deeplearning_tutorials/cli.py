@@ -220,16 +220,17 @@ def _chain(exc):
 
 
 #: errors of a folder that cannot be written
-_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
 
 
 def compiledir_fault(exc):
     """A one-line message when ``exc`` comes from PyTensor's compile directory, else None.
 
     Recognised: an unwritable or full compile directory met while compiling
-    (an ``OSError`` for a path inside ``pytensor.config.compiledir``, whatever
-    exception PyTensor raises in its place), and PyTensor's own refusal of
-    its ``compiledir`` flag when it is imported.
+    (an ``OSError`` for a path inside ``pytensor.config.compiledir`` or
+    ``base_compiledir``, which holds Numba's cache, whatever exception PyTensor
+    raises in its place), and PyTensor's own refusal of its ``compiledir`` flag
+    when it is imported.
     """
     for e in _chain(exc):
         if isinstance(e, ValueError) and "compiledir" in str(e) and "permission" in str(e).lower():
@@ -237,15 +238,19 @@ def compiledir_fault(exc):
                 f"PyTensor cannot use its compile directory ({e}); set "
                 "PYTENSOR_FLAGS=compiledir=<a writable folder>"
             )
-    try:
-        import pytensor
+    folders = []
+    for flag in ("base_compiledir", "compiledir"):
+        try:
+            import pytensor
 
-        folder = os.path.realpath(str(pytensor.config.compiledir))
-    except (ImportError, ValueError, AttributeError):  # PyTensor did not import
-        return None
+            folders.append(os.path.realpath(str(getattr(pytensor.config, flag))))
+        except (ImportError, ValueError, AttributeError):  # PyTensor refuses the folder
+            pass
     for e in _chain(exc):
-        if isinstance(e, OSError) and e.errno in _UNWRITABLE and e.filename:
-            path = os.path.realpath(os.fspath(e.filename))
+        if not (isinstance(e, OSError) and e.errno in _UNWRITABLE and e.filename):
+            continue
+        path = os.path.realpath(os.fspath(e.filename))
+        for folder in folders:
             if path == folder or path.startswith(folder + os.sep):
                 advice = "make room there, or set" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "set"
                 return (

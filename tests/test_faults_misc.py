@@ -262,5 +262,23 @@ def test_mode_c_without_a_c_compiler_is_one_line(mnist_pkl, tmp_path):
     line = last_line(proc.stderr)
     assert line == (
         "python -m deeplearning_tutorials.logistic_sgd: error: PyTensor found no C compiler "
-        "(its cxx flag is empty), which this mode needs: install g++, or choose --mode NUMBA"
+        "(its cxx flag is empty), which this mode needs: install g++, or choose --mode DLT_NUMBA"
     )
+
+
+@pytest.mark.parametrize("lesson", ["logistic_sgd", "convolutional_mlp"])
+def test_a_compile_directory_that_is_a_file_is_one_line_in_the_lessons(lesson, mnist_pkl, tmp_path):
+    """The lessons' own programs: a base_compiledir PyTensor cannot create (Numba's cache too)."""
+    not_a_folder = tmp_path / "a_file"
+    not_a_folder.write_text("")
+    env = dict(ENV, PYTENSOR_FLAGS=f"base_compiledir={not_a_folder}")
+    proc = subprocess.run(
+        [sys.executable, "-m", f"deeplearning_tutorials.{lesson}", "--dataset", str(mnist_pkl),
+         "--subset", "100", "--batch-size", "50", "--n-epochs", "1", "--save-best", "none"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert last_line(proc.stderr).endswith(
+        f"PyTensor cannot write its compile directory {not_a_folder} (Not a directory); "
+        "set PYTENSOR_FLAGS=compiledir=<a writable folder>")

@@ -35,8 +35,13 @@ def register_numba(fgraph, node):
     ``fast_run`` mode (PyTensor's default Numba mode asks for no tag of its own),
     only on graphs that hold these Ops, before any linker converts them.
     """
-    from deeplearning_tutorials.nnet import numba  # noqa: F401 (registers)
-
+    try:
+        from deeplearning_tutorials.nnet import numba  # noqa: F401 (registers)
+    except OSError:
+        # PyTensor's Numba backend cannot start here (its cache folder, say):
+        # its linker meets the same error when it imports that backend, and
+        # raises it where the program can report it.
+        pass
     return None
 
 
