@@ -7,7 +7,9 @@ The real files are never copied into the repository. They are found through
 (``$CI`` set), where a missing dataset is an error rather than a silent pass.
 """
 
+import importlib.util
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,39 @@ def mnist_pkl():
     if not path.is_file():
         _missing(f"no file {path}")
     return path
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a small tmpfs: ``tmpfs(size="64k", read_only=False)`` returns its folder."""
+    mounted = []
+
+    def mount(size="64k", read_only=False):
+        folder = tmp_path / f"tmpfs{len(mounted)}"
+        folder.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.fixture(scope="module")
+def jax_x64():
+    """JAX with 64-bit types for a module's tests, whatever ran before (float64 stays float64)."""
+    if importlib.util.find_spec("jax") is None:
+        yield
+        return
+    import jax
+    import pytensor.link.jax.dispatch  # noqa: F401 (sets x64 from floatX on first import)
+
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)

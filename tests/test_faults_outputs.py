@@ -31,27 +31,6 @@ def no_compile(monkeypatch):
     monkeypatch.setattr(pytensor, "function", refuse)
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """Mount a small tmpfs: ``tmpfs(size="64k", read_only=False)`` returns its folder."""
-    mounted = []
-
-    def mount(size="64k", read_only=False):
-        folder = tmp_path / f"tmpfs{len(mounted)}"
-        folder.mkdir()
-        options = f"size={size}" + (",ro" if read_only else "")
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
-        mounted.append(folder)
-        return folder
-
-    yield mount
-    for folder in mounted:
-        subprocess.run(["umount", str(folder)], check=False)
-
-
 class Shared:
     """Stands for a PyTensor shared variable."""
 

@@ -29,19 +29,7 @@ COMPARED = ["NUMBA", "DLT_NUMBA", "DLT_CVM", "DLT_C"] + (["DLT_JAX"] if HAS_JAX 
 BATCH, N_BATCHES, N_IN, N_OUT = 20, 3, 64, 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def jax_x64():
-    """JAX with 64-bit types, whatever ran before (float64 must stay float64)."""
-    if not HAS_JAX:
-        yield
-        return
-    import jax
-    import pytensor.link.jax.dispatch  # noqa: F401 (sets x64 from floatX on first import)
-
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("jax_x64")
 
 
 def test_the_four_modes_are_registered():

@@ -44,19 +44,7 @@ MODES = [
 MODE_NAMES = ["C", "CVM", "NUMBA", "JAX", "FAST_COMPILE"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def jax_x64():
-    """JAX with 64-bit types, whatever ran before (float64 must stay float64)."""
-    if not HAS_JAX:
-        yield
-        return
-    import jax
-    import pytensor.link.jax.dispatch  # noqa: F401 (sets x64 from floatX on first import)
-
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("jax_x64")
 
 
 def _modes():
