@@ -84,47 +84,59 @@ static void DLT_FN(dlt_bfp)(DLT_T* z, int b0, int nb, int F, long P, DLT_T* zm, 
     }
 }
 
-/* out (B, F, oh, ow) directly: a row of outputs is the sum of K shifted input rows,
-   each times one tap, four filters at a time (each input row loaded once for the
-   four), in the order (c, u, v). */
+/* One row of outputs of four filters (n of them real): the sum of K shifted input
+   rows, each times one tap, in the order (c, u, v); each input row is loaded once
+   for the four.  Inlined with constant row and filter widths for LeNet5's first
+   layer, where the compiler then unrolls and vectorises the row. */
+static inline __attribute__((always_inline)) void DLT_FN(dlt_fwd_row4)(
+    const DLT_T* xb, const DLT_T* wff, DLT_T* o, int C, int H, int W, int kh, int kw, int ow,
+    int i, int K, long P, int n)
+{
+    DLT_T a0[512], a1[512], a2[512], a3[512];
+    int c, u, v, j;
+    for (j = 0; j < ow; ++j) a0[j] = a1[j] = a2[j] = a3[j] = 0;
+    for (c = 0; c < C; ++c)
+        for (u = 0; u < kh; ++u) {
+            const DLT_T* xr = xb + ((long)c * H + i + u) * W;
+            const DLT_T* wr = wff + (c * kh + u) * kw;
+            for (v = 0; v < kw; ++v) {
+                const DLT_T t0 = wr[v];
+                const DLT_T t1 = n > 1 ? wr[K + v] : 0;
+                const DLT_T t2 = n > 2 ? wr[2 * K + v] : 0;
+                const DLT_T t3 = n > 3 ? wr[3 * K + v] : 0;
+                for (j = 0; j < ow; ++j) {
+                    const DLT_T xv = xr[j + v];
+                    a0[j] += t0 * xv;
+                    a1[j] += t1 * xv;
+                    a2[j] += t2 * xv;
+                    a3[j] += t3 * xv;
+                }
+            }
+        }
+    for (j = 0; j < ow; ++j) o[j] = a0[j];
+    if (n > 1) for (j = 0; j < ow; ++j) o[P + j] = a1[j];
+    if (n > 2) for (j = 0; j < ow; ++j) o[2 * P + j] = a2[j];
+    if (n > 3) for (j = 0; j < ow; ++j) o[3 * P + j] = a3[j];
+}
+
+/* out (B, F, oh, ow) directly (few taps: see above), four filters at a time. */
 static void DLT_FN(dlt_conv_fwd_direct)(const DLT_T* x, const DLT_T* wf, DLT_T* out, int B,
                                         int C, int H, int W, int F, int kh, int kw)
 {
     const int oh = H - kh + 1, ow = W - kw + 1, K = C * kh * kw;
     const long P = (long)oh * ow;
-    int b;
+    int b, f, i, n;
     for (b = 0; b < B; ++b) {
         const DLT_T* xb = x + (long)b * C * H * W;
-        DLT_T a0[512], a1[512], a2[512], a3[512];
-        int f, c, u, v, i, j, n;
         for (f = 0; f < F; f += 4) {
             const DLT_T* wff = wf + (long)f * K;
             n = F - f < 4 ? F - f : 4;
             for (i = 0; i < oh; ++i) {
                 DLT_T* o = out + ((long)b * F + f) * P + (long)i * ow;
-                for (j = 0; j < ow; ++j) a0[j] = a1[j] = a2[j] = a3[j] = 0;
-                for (c = 0; c < C; ++c)
-                    for (u = 0; u < kh; ++u) {
-                        const DLT_T* xr = xb + ((long)c * H + i + u) * W;
-                        const DLT_T* wr = wff + (c * kh + u) * kw;
-                        for (v = 0; v < kw; ++v) {
-                            const DLT_T t0 = wr[v];
-                            const DLT_T t1 = n > 1 ? wr[K + v] : 0;
-                            const DLT_T t2 = n > 2 ? wr[2 * K + v] : 0;
-                            const DLT_T t3 = n > 3 ? wr[3 * K + v] : 0;
-                            for (j = 0; j < ow; ++j) {
-                                const DLT_T xv = xr[j + v];
-                                a0[j] += t0 * xv;
-                                a1[j] += t1 * xv;
-                                a2[j] += t2 * xv;
-                                a3[j] += t3 * xv;
-                            }
-                        }
-                    }
-                for (j = 0; j < ow; ++j) o[j] = a0[j];
-                if (n > 1) for (j = 0; j < ow; ++j) o[P + j] = a1[j];
-                if (n > 2) for (j = 0; j < ow; ++j) o[2 * P + j] = a2[j];
-                if (n > 3) for (j = 0; j < ow; ++j) o[3 * P + j] = a3[j];
+                if (ow == 24 && kw == 5 && n == 4)
+                    DLT_FN(dlt_fwd_row4)(xb, wff, o, C, H, W, kh, 5, 24, i, K, P, 4);
+                else
+                    DLT_FN(dlt_fwd_row4)(xb, wff, o, C, H, W, kh, kw, ow, i, K, P, n);
             }
         }
     }
@@ -190,11 +202,28 @@ static int DLT_FN(dlt_conv_gi)(const DLT_T* gz, const DLT_T* w, DLT_T* gx, int B
     return 0;
 }
 
-/* gwt (K, F), the filters' gradient (flipped, transposed) directly: for each tap
-   (c, u, v) and filter f, the sum over the images and output positions of
-   gz[b, f, i, j] * x[b, c, i+u, j+v].  Each output row adds into a row of
-   partial sums (which the compiler vectorises), summed once per image; the
-   images' sums are added in double. */
+/* The partial sums of one tap row u of one image, filter and map: acc[v][j] is the
+   sum over the output rows i of gz[i, j] * x[i + u, j + v].  Inlined with constant
+   widths for LeNet5's first layer, where the compiler then vectorises the rows. */
+static inline __attribute__((always_inline)) void DLT_FN(dlt_gw_rows)(
+    const DLT_T* g, const DLT_T* xc, DLT_T* acc, int W, int u, int kw, int oh, int ow)
+{
+    int i, v, j;
+    memset(acc, 0, sizeof(DLT_T) * (long)kw * ow);
+    for (i = 0; i < oh; ++i) {
+        const DLT_T* gr = g + (long)i * ow;
+        const DLT_T* xr = xc + (long)(i + u) * W;
+        for (v = 0; v < kw; ++v) {
+            DLT_T* a = acc + (long)v * ow;
+            for (j = 0; j < ow; ++j) a[j] += gr[j] * xr[j + v];
+        }
+    }
+}
+
+/* gwt (K, F), the filters' gradient (flipped, transposed) directly (few taps): for
+   each tap (c, u, v) and filter f, the sum over the images and output positions
+   of gz[b, f, i, j] * x[b, c, i+u, j+v]; each image's partial sums are added in
+   double. */
 static int DLT_FN(dlt_conv_gw_direct)(const DLT_T* x, const DLT_T* gz, DLT_T* gwt, int B, int C,
                                       int H, int W, int F, int oh, int ow)
 {
@@ -202,7 +231,7 @@ static int DLT_FN(dlt_conv_gw_direct)(const DLT_T* x, const DLT_T* gz, DLT_T* gw
     double* G = (double*)dlt_scratch(3, sizeof(double) * (long)K * F);
     DLT_T* acc = (DLT_T*)dlt_scratch(2, sizeof(DLT_T) * (long)kw * ow);
     long b, k;
-    int f, c, u, v, i, j;
+    int f, c, u, v, j;
     if (!G || !acc) return -1;
     memset(G, 0, sizeof(double) * (long)K * F);
     for (b = 0; b < B; ++b)
@@ -211,15 +240,10 @@ static int DLT_FN(dlt_conv_gw_direct)(const DLT_T* x, const DLT_T* gz, DLT_T* gw
             for (c = 0; c < C; ++c) {
                 const DLT_T* xc = x + ((long)b * C + c) * H * W;
                 for (u = 0; u < kh; ++u) {
-                    memset(acc, 0, sizeof(DLT_T) * (long)kw * ow);
-                    for (i = 0; i < oh; ++i) {
-                        const DLT_T* gr = g + (long)i * ow;
-                        const DLT_T* xr = xc + (long)(i + u) * W;
-                        for (v = 0; v < kw; ++v) {
-                            DLT_T* a = acc + (long)v * ow;
-                            for (j = 0; j < ow; ++j) a[j] += gr[j] * xr[j + v];
-                        }
-                    }
+                    if (ow == 24 && kw == 5 && oh == 24)
+                        DLT_FN(dlt_gw_rows)(g, xc, acc, W, u, 5, 24, 24);
+                    else
+                        DLT_FN(dlt_gw_rows)(g, xc, acc, W, u, kw, oh, ow);
                     for (v = 0; v < kw; ++v) {
                         DLT_T sum = 0;
                         for (j = 0; j < ow; ++j) sum += acc[(long)v * ow + j];
