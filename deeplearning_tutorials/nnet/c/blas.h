@@ -73,10 +73,11 @@ static void* dlt_scratch(int slot, size_t bytes)
     return dlt_scratch_ptr[slot];
 }
 
-/* Images per chunk, so that a chunk's column matrix holds about 2**20 elements. */
+/* Images per chunk, so that a chunk's column matrix holds about 2**18 elements (1 or
+   2 MB, which stay in the second-level cache while the GEMM reads them). */
 static int dlt_chunk(int batch, long per_image)
 {
-    long c = (1L << 20) / (per_image < 1 ? 1 : per_image);
+    long c = (1L << 18) / (per_image < 1 ? 1 : per_image);
     if (c < 1) c = 1;
     if (c > batch) c = batch;
     return (int)c;
