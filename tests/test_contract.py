@@ -7,7 +7,9 @@ graphs without the package's Ops, and describe PyTensor, Numba and the process.
 Everything must be the same: the attributes of PyTensor's and Numba's modules and
 classes, the dispatch of PyTensor's own Op types, PyTensor's modes, linkers and
 configuration, the environment, the nodes the plain graphs compile to and their
-results, bit for bit; and the import starts no thread and no process.
+results, bit for bit; and the import starts no thread and no process.  Each
+process compiles into an empty compile directory of its own (the only difference
+between their environments).
 """
 
 import json
@@ -21,8 +23,11 @@ import pytest
 PROBE = Path(__file__).with_name("_contract_probe.py")
 
 
-def _probe(kind):
-    env = dict(os.environ)
+def _probe(kind, compiledir):
+    # Each process with its own empty compile directory (and Numba cache): code
+    # loaded from a cache need not round as code just compiled does.
+    flags = [f for f in (os.environ.get("PYTENSOR_FLAGS"), f"base_compiledir={compiledir}") if f]
+    env = dict(os.environ, PYTENSOR_FLAGS=",".join(flags))
     proc = subprocess.run([sys.executable, str(PROBE), kind], capture_output=True, text=True,
                           env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -30,8 +35,9 @@ def _probe(kind):
 
 
 @pytest.fixture(scope="module")
-def reports():
-    return _probe("plain"), _probe("package")
+def reports(tmp_path_factory):
+    return (_probe("plain", tmp_path_factory.mktemp("plain")),
+            _probe("package", tmp_path_factory.mktemp("package")))
 
 
 def test_every_module_of_the_package_was_imported_and_used(reports):
@@ -58,6 +64,10 @@ def test_pytensor_numba_and_the_process_are_left_as_they_were(reports, section):
                        for k in set(before[name]) | set(after[name])
                        if before[name].get(k) != after[name].get(k)}
             assert not changed, (name, changed)
+    elif section == "environ":
+        # PYTENSOR_FLAGS names each process's own compile directory (see _probe).
+        assert {k: v for k, v in after.items() if k != "PYTENSOR_FLAGS"} == {
+            k: v for k, v in before.items() if k != "PYTENSOR_FLAGS"}
     else:
         assert after == before
 
