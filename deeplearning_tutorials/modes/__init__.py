@@ -27,7 +27,9 @@ PyTensor's own modes never run them: ``mode="NUMBA"``, ``"CVM"``, ``"C"`` and
 from pytensor.compile.mode import Mode, get_mode, predefined_modes, register_mode
 from pytensor.link.c.basic import CLinker
 
-__all__ = ["MODES", "PYTENSOR_MODES", "DEFAULT_MODE", "WholeGraphCLinker", "get"]
+from deeplearning_tutorials.modes import c, jax
+
+__all__ = ["MODES", "PYTENSOR_MODES", "DEFAULT_MODE", "WholeGraphCLinker"]
 
 #: The package's modes, and PyTensor's own that the programs also accept.
 MODES = ("DLT_NUMBA", "DLT_CVM", "DLT_C", "DLT_JAX")
@@ -50,16 +52,8 @@ class WholeGraphCLinker(CLinker):
 
 
 def _c_mode(name, linker=None):
-    from deeplearning_tutorials.modes import c
-
     mode = get_mode(name).including(c.TAG)
     return mode if linker is None else Mode(linker, mode.provided_optimizer)
-
-
-def _jax_mode():
-    from deeplearning_tutorials.modes.jax import jax_mode
-
-    return jax_mode()
 
 
 def _register():
@@ -68,12 +62,7 @@ def _register():
     register_mode("DLT_NUMBA", get_mode("NUMBA").clone())
     register_mode("DLT_CVM", _c_mode("CVM"))
     register_mode("DLT_C", _c_mode("C", WholeGraphCLinker()))
-    register_mode("DLT_JAX", _jax_mode())
-
-
-def get(name):
-    """The mode named ``name`` (one of :data:`MODES` or :data:`PYTENSOR_MODES`)."""
-    return get_mode(name)
+    register_mode("DLT_JAX", jax.jax_mode())
 
 
 _register()
