@@ -341,6 +341,23 @@ def _residual(indices, axis):
     return tuple(rest) if rest else None
 
 
+def _slice_to_rewrite(x, index_vars, idx_list):
+    """``(indices, axis, length, entry)`` of the slice of ``x`` to make static-length, or None.
+
+    Registers the JAX implementations of the dynamic-slice Ops when there is one.
+    """
+    indices = indices_from_subtensor(index_vars, idx_list)
+    found = _first_constant_length_slice(indices)
+    if found is None:
+        return None
+    axis, length, entry = found
+    static = x.type.shape[axis]
+    if static is not None and static < length:
+        return None
+    register_jax_dispatch()
+    return indices, axis, length, entry
+
+
 @node_rewriter([Subtensor])
 def local_constant_length_subtensor(fgraph, node):
     """Replace ``x[a:b]`` with a :class:`DynamicSlice` when ``b - a`` is a constant.
@@ -351,15 +368,10 @@ def local_constant_length_subtensor(fgraph, node):
     if type(node.op) is not Subtensor:
         return None
     x, *index_vars = node.inputs
-    indices = indices_from_subtensor(index_vars, node.op.idx_list)
-    found = _first_constant_length_slice(indices)
+    found = _slice_to_rewrite(x, index_vars, node.op.idx_list)
     if found is None:
         return None
-    axis, length, entry = found
-    static = x.type.shape[axis]
-    if static is not None and static < length:
-        return None
-    register_jax_dispatch()
+    indices, axis, length, entry = found
     out = DynamicSlice(axis, length)(x, _as_index_tensor(entry.start))
     rest = _residual(indices, axis)
     if rest is not None:
@@ -381,15 +393,10 @@ def local_constant_length_incsubtensor(fgraph, node):
     if type(node.op) is not IncSubtensor:
         return None
     x, y, *index_vars = node.inputs
-    indices = indices_from_subtensor(index_vars, node.op.idx_list)
-    found = _first_constant_length_slice(indices)
+    found = _slice_to_rewrite(x, index_vars, node.op.idx_list)
     if found is None:
         return None
-    axis, length, entry = found
-    static = x.type.shape[axis]
-    if static is not None and static < length:
-        return None
-    register_jax_dispatch()
+    indices, axis, length, entry = found
     start = _as_index_tensor(entry.start)
     rest = _residual(indices, axis)
     set_instead_of_inc = bool(node.op.set_instead_of_inc)
