@@ -1,8 +1,13 @@
 """What Theano had and PyTensor lost: convolution and pooling, under Theano's names.
 
-* :func:`conv2d` -- Theano's legacy ``conv.conv2d``: a true ('valid', flipped-kernel)
-  convolution of ``(batch, in_maps, h, w)`` images with ``(n_filters, in_maps, kh, kw)`` filters;
-* :func:`pool_2d` and :func:`max_pool_2d` -- non-overlapping max pooling of the last two axes.
+* :func:`conv2d` -- Theano 1.0's ``theano.tensor.nnet.conv2d`` (:mod:`.abstract_conv`):
+  the convolution of ``(batch, in_maps, h, w)`` images with ``(n_filters, in_maps, kh, kw)``
+  filters, every border mode, strides, dilation, flipped filters or not; the legacy
+  ``conv.conv2d`` is :func:`.conv.conv2d`;
+* :func:`pool_2d` and :func:`max_pool_2d` -- the tutorial's max pooling of the last two
+  axes over non-overlapping windows (every other pooling: :mod:`deeplearning_tutorials.signal`);
+* :func:`sigmoid`, :func:`softmax`, :func:`relu`, :func:`categorical_crossentropy`,
+  :func:`binary_crossentropy` -- Theano's ``nnet`` functions, on PyTensor's (:mod:`.nnet`).
 
 The Ops carry their own NumPy and C implementations. Their Numba (:mod:`.numba`)
 and JAX (:mod:`.jax`) implementations are registered with PyTensor's backends the
@@ -13,11 +18,14 @@ first time a graph holding them is compiled (see :func:`register_numba` and
 from pytensor.compile import optdb
 from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
 
-from deeplearning_tutorials.nnet.conv import (
-    Conv2d,
-    Conv2dGradFilters,
-    Conv2dGradInputs,
-    conv2d,
+from deeplearning_tutorials.nnet.abstract_conv import conv2d
+from deeplearning_tutorials.nnet.conv import Conv2d, Conv2dGradFilters, Conv2dGradInputs
+from deeplearning_tutorials.nnet.nnet import (
+    binary_crossentropy,
+    categorical_crossentropy,
+    relu,
+    sigmoid,
+    softmax,
 )
 from deeplearning_tutorials.nnet.pool import MaxPool2d, MaxPool2dGrad, max_pool_2d, pool_2d
 
@@ -68,6 +76,11 @@ __all__ = [
     "conv2d",
     "pool_2d",
     "max_pool_2d",
+    "sigmoid",
+    "softmax",
+    "relu",
+    "categorical_crossentropy",
+    "binary_crossentropy",
     "Conv2d",
     "Conv2dGradInputs",
     "Conv2dGradFilters",

@@ -27,13 +27,11 @@ from pytensor.graph.basic import Apply
 from pytensor.link.c.op import COp
 from pytensor.scalar import upcast
 
-__all__ = ["conv2d", "Conv2d", "Conv2dGradInputs", "Conv2dGradFilters"]
-
+__all__ = ["conv2d", "general_conv2d", "Conv2d", "Conv2dGradInputs", "Conv2dGradFilters"]
 
 # ---------------------------------------------------------------------------
 # NumPy reference kernels (used by ``perform``)
 # ---------------------------------------------------------------------------
-
 
 def _patches(x, kh, kw):
     """Column matrix of ``x`` as ``(B*oh*ow, C*kh*kw)``, patches un-flipped.
@@ -50,12 +48,10 @@ def _patches(x, kh, kw):
     view = sliding_window_view(x, (kh, kw), axis=(2, 3))
     return view.transpose(0, 2, 3, 1, 4, 5).reshape(B * oh * ow, C * kh * kw)
 
-
 def _flipped_matrix(w):
     """Filters flipped in both spatial axes, as a ``(F, C*kh*kw)`` matrix."""
     F, C, kh, kw = w.shape
     return np.ascontiguousarray(w[:, :, ::-1, ::-1]).reshape(F, C * kh * kw)
-
 
 def _check_conv_shapes(x_shape, w_shape):
     if len(x_shape) != 4 or len(w_shape) != 4:
@@ -71,7 +67,6 @@ def _check_conv_shapes(x_shape, w_shape):
         raise ValueError(
             f"conv2d 'valid': filter {w_shape[2:]} is larger than the image {x_shape[2:]}"
         )
-
 
 def conv2d_valid_numpy(x, w):
     """True 'valid' convolution summed over input maps (NumPy).
@@ -91,7 +86,6 @@ def conv2d_valid_numpy(x, w):
     oh, ow = H - kh + 1, W - kw + 1
     res = _patches(x, kh, kw) @ _flipped_matrix(w).T  # (B*oh*ow, F)
     return np.ascontiguousarray(res.reshape(B, oh, ow, F).transpose(0, 3, 1, 2))
-
 
 def conv2d_grad_inputs_numpy(gz, w):
     """Gradient of the convolution with respect to its input (NumPy).
@@ -117,7 +111,6 @@ def conv2d_grad_inputs_numpy(gz, w):
             gx[:, :, u : u + oh, v : v + ow] += dcols[:, :, :, :, u, v].transpose(0, 3, 1, 2)
     return gx
 
-
 def conv2d_grad_filters_numpy(x, gz):
     """Gradient of the convolution with respect to its filters (NumPy).
 
@@ -139,11 +132,9 @@ def conv2d_grad_filters_numpy(x, gz):
     gwf = (gzm @ _patches(x, kh, kw)).reshape(F, C, kh, kw)
     return np.ascontiguousarray(gwf[:, :, ::-1, ::-1])
 
-
 # ---------------------------------------------------------------------------
 # Ops
 # ---------------------------------------------------------------------------
-
 
 def _as_float4(var, name):
     var = pt.as_tensor_variable(var)
@@ -153,19 +144,15 @@ def _as_float4(var, name):
         raise TypeError(f"conv2d: {name} must be float32 or float64, got {var.type.dtype}")
     return var
 
-
 def _common_dtype(*vars_):
     dtype = upcast(*(v.type.dtype for v in vars_))
     return [pt.cast(v, dtype) if v.type.dtype != dtype else v for v in vars_]
 
-
 def _diff_plus_one(a, b):
     return None if a is None or b is None else a - b + 1
 
-
 _C_DIR = Path(__file__).with_name("c")
 _C_TYPES = {"float32": "npy_float32", "float64": "npy_float64"}
-
 
 def c_support_code(*files):
     """``c/blas.h`` and one copy per C type of each file of ``c/`` named in ``files``."""
@@ -176,11 +163,9 @@ def c_support_code(*files):
         parts.append("#undef DLT_T\n#undef DLT_FN")
     return "\n".join(parts)
 
-
 def c_type_name(dtype):
     """The suffix of the C kernels' copy for ``dtype``: ``float`` or ``double``."""
     return {"float32": "float", "float64": "double"}[dtype]
-
 
 # Each Op's C code: ``a`` and ``b`` are its two inputs made contiguous, ``dims``
 # the output's shape; ``{check}`` refuses mismatched shapes, ``{call}`` runs the kernel.
@@ -224,7 +209,6 @@ _CONV_C_CODE = """
 }
 """
 
-
 class _ConvOpBase(COp):
     """What the three convolution Ops share: their C code's plumbing."""
 
@@ -249,7 +233,6 @@ class _ConvOpBase(COp):
             d3=dims[3], args=", (int)".join(args), sfx=c_type_name(dtype),
             ctype=_C_TYPES[dtype], typenum=f"NPY_{dtype.upper()}",
         )
-
 
 class Conv2d(_ConvOpBase):
     """True 'valid' 2-D convolution of a batch of multi-map images.
@@ -278,13 +261,10 @@ class Conv2d(_ConvOpBase):
         x, w = inputs
         output_storage[0][0] = conv2d_valid_numpy(x, w).astype(node.outputs[0].dtype, copy=False)
 
-
     def pullback(self, inputs, outputs, output_grads):
         x, w = inputs
         (gz,) = output_grads
         return [Conv2dGradInputs()(gz, w), Conv2dGradFilters()(x, gz)]
-
-
 
 class Conv2dGradInputs(_ConvOpBase):
     """Gradient of :class:`Conv2d` with respect to its input.
@@ -317,15 +297,12 @@ class Conv2dGradInputs(_ConvOpBase):
             node.outputs[0].dtype, copy=False
         )
 
-
     def pullback(self, inputs, outputs, output_grads):
         # gx is bilinear in (gz, w): gx = conv^T(gz; w), so
         # d<ggx, gx>/dgz = conv(ggx, w) and d<ggx, gx>/dw = gradW(ggx, gz).
         gz, w = inputs
         (ggx,) = output_grads
         return [Conv2d()(ggx, w), Conv2dGradFilters()(ggx, gz)]
-
-
 
 class Conv2dGradFilters(_ConvOpBase):
     """Gradient of :class:`Conv2d` with respect to its filters.
@@ -353,19 +330,14 @@ class Conv2dGradFilters(_ConvOpBase):
             node.outputs[0].dtype, copy=False
         )
 
-
     def pullback(self, inputs, outputs, output_grads):
         # gw is bilinear in (x, gz): d<ggw, gw>/dx = gradX(gz; ggw), d/dgz = conv(x, ggw).
         x, gz = inputs
         (ggw,) = output_grads
         return [Conv2dGradInputs()(gz, ggw), Conv2d()(x, ggw)]
 
-
-
-
-
 # ---------------------------------------------------------------------------
-# The user-facing function
+# The user-facing functions
 # ---------------------------------------------------------------------------
 
 
@@ -403,62 +375,64 @@ def _merge_static(declared, static, what):
     return tuple(merged)
 
 
-def conv2d(
-    input,
-    filters,
-    filter_shape=None,
-    input_shape=None,
-    image_shape=None,
-    border_mode="valid",
-    subsample=(1, 1),
-):
-    """Convolve a batch of multi-map images with a bank of filters (Theano's ``conv.conv2d``).
+def int_pair(value, what, minimum):
+    """``value`` as a pair of ints ``>= minimum`` (an int stands for both), or ValueError."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        value = (value, value)
+    try:
+        pair = tuple(value)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= minimum
+        for v in pair
+    ):
+        raise ValueError(f"{what} must be a pair of ints >= {minimum}, got {value!r}")
+    return int(pair[0]), int(pair[1])
 
-    A true convolution (filters flipped), 'valid' mode, summed over input maps::
 
-        out[b, f] = sum_c scipy.signal.convolve2d(input[b, c], filters[f, c], 'valid')
+def _border_pads(border_mode, dilated_kernel, modes):
+    """The zero padding each side of (rows, columns) that ``border_mode`` asks for."""
+    if isinstance(border_mode, str):
+        if border_mode not in modes:
+            raise ValueError(f"conv2d: border_mode must be one of {modes} (or a padding), "
+                             f"got {border_mode!r}")
+        if border_mode == "valid":
+            return 0, 0
+        if None in dilated_kernel:
+            raise ValueError(f"conv2d: border_mode={border_mode!r} needs the filter height and "
+                             "width: declare filter_shape")
+        if border_mode == "full":
+            return dilated_kernel[0] - 1, dilated_kernel[1] - 1
+        return dilated_kernel[0] // 2, dilated_kernel[1] // 2  # 'half'
+    if "half" not in modes:  # the legacy function: only 'valid' and 'full'
+        raise ValueError(f"conv2d: border_mode must be one of {modes}, got {border_mode!r}")
+    return int_pair(border_mode, "conv2d: border_mode", 0)
 
-    Parameters
-    ----------
-    input : TensorVariable, shape (batch, in_maps, h, w)
-    filters : TensorVariable, shape (n_filters, in_maps, kh, kw)
-    filter_shape : tuple of 4 int or None, optional
-        Declared shape of ``filters``; checked against ``input_shape`` and the
-        static type, and used to give the output a static shape.
-    input_shape : tuple of 4 int or None, optional
-        Declared shape of ``input``.
-    image_shape : tuple of 4 int or None, optional
-        The original (legacy ``conv.conv2d``) name of ``input_shape``.
-    border_mode : {'valid'}
-        Only 'valid', the tutorial's mode, is implemented.
-    subsample : (1, 1)
-        Only unit strides are implemented.
 
-    Returns
-    -------
-    TensorVariable, shape (batch, n_filters, h-kh+1, w-kw+1)
+def general_conv2d(input, filters, input_shape=None, filter_shape=None, border_mode="valid",
+                   subsample=(1, 1), filter_flip=True, filter_dilation=(1, 1),
+                   border_modes=("valid", "full", "half")):
+    """Theano's 2-D convolution in all its forms, as a graph around :class:`Conv2d`.
 
-    Raises
-    ------
-    ValueError
-        For an unsupported ``border_mode``/``subsample``, inputs that are not
-        4-D, or declared shapes inconsistent with each other or with the
-        variables' static shapes.
+    The tutorial's case ('valid', no stride, no dilation, flipped filters) is
+    one :class:`Conv2d` node. The others are that node on rewritten operands:
+    the input zero-padded (``border_mode``), the filters flipped back
+    (``filter_flip=False``: a correlation) and spread with zeros between their
+    taps (``filter_dilation``), and the output taken every ``subsample`` rows
+    and columns. Their gradients and their C, Numba and JAX code are those of
+    :class:`Conv2d` and of PyTensor's own indexing.
+
+    Port note: Theano's Ops computed strided and dilated convolutions directly;
+    here a stride ``s`` computes ``s * s`` times the outputs it keeps and a
+    dilation multiplies by the zeros it inserts. The results are Theano's.
+
+    See :func:`deeplearning_tutorials.nnet.conv2d` for the arguments.
     """
-    if border_mode != "valid":
-        raise ValueError(f"conv2d: only border_mode='valid' is implemented, got {border_mode!r}")
-    if tuple(subsample) != (1, 1):
-        raise ValueError(f"conv2d: only subsample=(1, 1) is implemented, got {subsample!r}")
     input_shape = _normalize_shape(input_shape, "input_shape")
-    image_shape = _normalize_shape(image_shape, "image_shape")
     filter_shape = _normalize_shape(filter_shape, "filter_shape")
-    if input_shape is not None and image_shape is not None and input_shape != image_shape:
-        raise ValueError(
-            f"conv2d: input_shape {input_shape} and image_shape {image_shape} (its legacy name) differ"
-        )
-    if input_shape is None:
-        input_shape = image_shape
-
+    subsample = int_pair(subsample, "conv2d: subsample", 1)
+    dilation = int_pair(filter_dilation, "conv2d: filter_dilation", 1)
     input = _as_float4(input, "input")
     filters = _as_float4(filters, "filters")
     xs = _merge_static(input_shape, input.type.shape, "input_shape")
@@ -468,11 +442,15 @@ def conv2d(
             f"conv2d: input has {xs[1]} feature maps (shape {xs}) but the filters "
             f"expect {ws[1]} (shape {ws})"
         )
+    dilated = tuple(None if k is None else (k - 1) * d + 1 for k, d in zip(ws[2:], dilation))
+    pads = _border_pads(border_mode, dilated, border_modes)
     for axis, name in ((2, "height"), (3, "width")):
-        if None not in (xs[axis], ws[axis]) and ws[axis] > xs[axis]:
+        size, k, p = xs[axis], dilated[axis - 2], pads[axis - 2]
+        if None not in (size, k) and k > size + 2 * p:
             raise ValueError(
-                f"conv2d 'valid': filter {name} {ws[axis]} exceeds the image {name} {xs[axis]} "
-                f"(input shape {xs}, filter shape {ws})"
+                f"conv2d: the filter {name} {k} (dilated) exceeds the image {name} {size}"
+                + (f" padded by {p} each side" if p else "")
+                + f" (input shape {xs}, filter shape {ws}, border_mode={border_mode!r})"
             )
     # Port note: Theano's Op carried imshp/kshp itself; here declared shapes
     # become ``specify_shape`` nodes, which every backend already implements
@@ -481,4 +459,76 @@ def conv2d(
         input = pt.specify_shape(input, xs)
     if ws != filters.type.shape:
         filters = pt.specify_shape(filters, ws)
-    return Conv2d()(input, filters)
+    input, filters = _common_dtype(input, filters)
+    # Port note: every shape below comes from the operands' own shapes or from
+    # constants, so that JAX, which needs concrete shapes, traces it whatever
+    # static shapes the variables have.
+    if not filter_flip:
+        filters = filters[:, :, ::-1, ::-1]
+    for axis, d in ((2, dilation[0]), (3, dilation[1])):
+        if d > 1:  # d - 1 zeros after each tap, the last ones cut off
+            spread = pt.pad(pt.expand_dims(filters, axis + 1),
+                            [(0, 0)] * (axis + 1) + [(0, d - 1)] + [(0, 0)] * (3 - axis))
+            merged = [spread.shape[i] for i in range(axis)] + [-1] + [spread.shape[4]] * (axis == 2)
+            filters = spread.reshape(merged)
+            filters = filters[(slice(None),) * axis + (slice(None, 1 - d),)]
+    if pads != (0, 0):
+        input = pt.pad(input, [(0, 0), (0, 0), (pads[0], pads[0]), (pads[1], pads[1])])
+    out = Conv2d()(input, filters)
+    if subsample != (1, 1):
+        out = out[:, :, :: subsample[0], :: subsample[1]]
+    return out
+
+
+# Keyword arguments of Theano's legacy ConvOp that tune its C code (loop
+# unrolling, OpenMP, logging); they do not change the result, and are ignored.
+_LEGACY_TUNING = frozenset({"unroll_batch", "unroll_kern", "unroll_patch", "verbose", "openmp",
+                            "version", "direction_hint"})
+
+
+def conv2d(input, filters, filter_shape=None, image_shape=None, border_mode="valid",
+           subsample=(1, 1), **kargs):
+    """Convolve a batch of multi-map images with a bank of filters (Theano's ``conv.conv2d``).
+
+    The legacy ``theano.tensor.nnet.conv.conv2d``: a true convolution (filters
+    flipped), summed over input maps::
+
+        out[b, f] = sum_c scipy.signal.convolve2d(input[b, c], filters[f, c], border_mode)
+
+    then taken every ``subsample`` rows and columns.
+
+    Parameters
+    ----------
+    input : TensorVariable, shape (batch, in_maps, h, w)
+    filters : TensorVariable, shape (n_filters, in_maps, kh, kw)
+    filter_shape : tuple of 4 int or None, optional
+        Declared shape of ``filters``; checked against ``image_shape`` and the
+        static type, and used to give the output a static shape.
+    image_shape : tuple of 4 int or None, optional
+        Declared shape of ``input``.
+    border_mode : {'valid', 'full'}
+        'valid': ``(h - kh + 1, w - kw + 1)`` outputs; 'full': ``(h + kh - 1, w + kw - 1)``.
+    subsample : (int, int)
+        Strides of the output.
+    **kargs
+        Theano's tuning options (``unroll_batch``, ``unroll_kern``, ``unroll_patch``,
+        ``verbose``, ``openmp``, ...) are accepted and ignored; others are an error.
+
+    Returns
+    -------
+    TensorVariable, shape (batch, n_filters, oh, ow)
+        ``oh = (h - kh) // subsample[0] + 1`` ('valid') or
+        ``(h + kh - 2) // subsample[0] + 1`` ('full'); the same for ``ow``.
+
+    Raises
+    ------
+    ValueError
+        For another ``border_mode``, a bad ``subsample``, inputs that are not 4-D,
+        or declared shapes inconsistent with each other or with the variables.
+    """
+    unknown = sorted(set(kargs) - _LEGACY_TUNING)
+    if unknown:
+        raise TypeError(f"conv2d() got unexpected keyword arguments {unknown}")
+    return general_conv2d(input, filters, input_shape=image_shape, filter_shape=filter_shape,
+                          border_mode=border_mode, subsample=subsample,
+                          border_modes=("valid", "full"))

@@ -1,0 +1,194 @@
+"""Theano's ``theano.tensor.signal.pool.pool_2d``: pooling with any window, stride and padding.
+
+The tutorial's case (max over non-overlapping windows, no padding) is one
+:class:`~deeplearning_tutorials.nnet.pool.MaxPool2d` node. Every other case is
+a graph of PyTensor's own Ops: the input padded, one strided slice for each
+position in the window, and their maximum, sum or mean. Its gradient is
+therefore Theano's: a window's gradient goes to every input equal to the
+window's maximum (ties included) and adds up where windows overlap; an average
+spreads it over the inputs it counted.
+"""
+
+import warnings
+
+import numpy as np
+import pytensor.tensor as pt
+from pytensor.raise_op import Assert
+
+from deeplearning_tutorials.nnet.conv import int_pair
+from deeplearning_tutorials.nnet.pool import MaxPool2d
+
+__all__ = ["pool_2d", "pool_output_length"]
+
+MODES = ("max", "sum", "average_inc_pad", "average_exc_pad")
+
+
+def pool_output_length(size, ws, stride, pad, ignore_border):
+    """Outputs along one axis of ``size`` inputs (Theano's ``Pool.out_shape``).
+
+    Parameters
+    ----------
+    size : int or scalar TensorVariable
+    ws, stride, pad : int
+    ignore_border : bool
+
+    Returns
+    -------
+    int or scalar TensorVariable
+    """
+    symbolic = not isinstance(size, (int, np.integer))
+    at_least_0 = pt.maximum if symbolic else max
+    n = size + 2 * pad
+    if ignore_border:
+        return n // stride if ws == stride else at_least_0((n - ws) // stride + 1, 0)
+    if stride >= ws:
+        return (n - 1) // stride + 1
+    return at_least_0((n - 1 - ws + stride) // stride, 0) + 1
+
+
+def _lowest(dtype):
+    dtype = np.dtype(dtype)
+    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+
+
+def _extension(size, ws, stride, ignore_border):
+    """Rows (or columns) added after the image so that the last window fits.
+
+    With ``ignore_border`` the windows lie inside the image; otherwise one more
+    window covers the rest, so the windows starting inside the image (Theano's
+    count) all end inside the image plus this extension.
+    """
+    if ignore_border:
+        return 0
+    if stride >= ws:
+        return ws - 1
+    if isinstance(size, (int, np.integer)):
+        return max(stride - 1, ws - size)
+    return stride - 1  # size >= ws - stride + 1 is asserted where the size is unknown
+
+
+def _windows_reduce(y, ws, stride, reduce):
+    """``reduce`` over the window positions of ``y``'s strided slices.
+
+    Port note: the slices end at constants counted from the end of ``y``
+    (whose extent was padded so they give Theano's number of windows) so that
+    JAX, which needs concrete slice bounds, traces the graph whatever static
+    shape ``y`` has.
+    """
+    slices = []
+    for i in range(ws[0]):
+        for j in range(ws[1]):
+            stops = [None if p == w - 1 else p - w + 1 for p, w in zip((i, j), ws)]
+            slices.append(y[..., i : stops[0] : stride[0], j : stops[1] : stride[1]])
+    return reduce(pt.stack(slices), axis=0)
+
+
+def _general_pool(x, ws, stride, pad, ignore_border, mode):
+    sizes = [x.type.shape[-2], x.type.shape[-1]]
+    ext = [_extension(n, w, s, ignore_border) for n, w, s in zip(sizes, ws, stride)]
+    for axis, (n, w, s) in zip((-2, -1), zip(sizes, ws, stride)):
+        if not ignore_border and s < w and n is None:
+            x = Assert(f"pool_2d: with ignore_border=False and a stride ({s}) smaller than "
+                          f"the window ({w}), an image of unknown size must have at least "
+                          f"{w - s + 1} rows and columns")(x, pt.ge(x.shape[axis], w - s + 1))
+    lead = [(0, 0)] * (x.type.ndim - 2)
+    if mode == "max":
+        fill = _lowest(x.dtype)
+        y = pt.pad(x, lead + [(pad[0], pad[0] + ext[0]), (pad[1], pad[1] + ext[1])],
+                   constant_values=fill)
+        return _windows_reduce(y, ws, stride, pt.max)
+    y = pt.pad(x, lead + [(pad[0], pad[0] + ext[0]), (pad[1], pad[1] + ext[1])])
+    total = _windows_reduce(y, ws, stride, pt.sum)
+    if mode == "sum":
+        return total
+    # an average divides by the inputs its window counted: the padded image's
+    # ('average_inc_pad') or the image's ('average_exc_pad'), never the extension
+    ones = pt.ones((x.shape[-2], x.shape[-1]), dtype=x.dtype)
+    if mode == "average_inc_pad":
+        counted = pt.pad(pt.pad(ones, [(pad[0], pad[0]), (pad[1], pad[1])], constant_values=1),
+                         [(0, ext[0]), (0, ext[1])])
+    else:
+        counted = pt.pad(ones, [(pad[0], pad[0] + ext[0]), (pad[1], pad[1] + ext[1])])
+    count = _windows_reduce(counted, ws, stride, pt.sum)
+    if x.dtype.startswith("float"):
+        return total / count
+    return pt.cast(pt.trunc(total / count), x.dtype)
+
+
+def pool_2d(input, ws=None, ignore_border=None, stride=None, pad=(0, 0), mode="max", ds=None,
+            st=None, padding=None):
+    """Pool the last two axes of ``input`` (Theano 1.0's ``pool_2d``).
+
+    Parameters
+    ----------
+    input : TensorVariable, shape (..., h, w), at least 2-D
+    ws : (int, int)
+        Window height and width.
+    ignore_border : bool or None
+        True: windows lie inside the (padded) image,
+        ``oh = (h + 2 * pad_h - ws_h) // stride_h + 1``; False: one more window
+        covers the rest when the windows do not tile the image (padding must
+        then be 0). None means False, with Theano's warning.
+    stride : (int, int) or None
+        Steps between windows; None: the window (no overlap).
+    pad : (int, int)
+        Rows and columns of padding each side, smaller than the window;
+        'max' and 'sum' leave the padding out, 'average_inc_pad' counts it.
+    mode : {'max', 'sum', 'average_inc_pad', 'average_exc_pad'}
+        What each window gives.
+    ds, st, padding
+        Deprecated names of ``ws``, ``stride`` and ``pad`` (with Theano's warnings).
+
+    Returns
+    -------
+    TensorVariable, shape (..., oh, ow)
+        See :func:`pool_output_length`.
+
+    Raises
+    ------
+    ValueError
+        For a missing or bad window, stride or padding, padding with
+        ``ignore_border=False``, padding not smaller than the window, an unknown
+        mode, an input of fewer than 2 dimensions, or both a name and its
+        deprecated name.
+    """
+    for old, new, value, name in ((ds, ws, "ws", "ds"), (st, stride, "stride", "st")):
+        if old is not None and new is not None:
+            raise ValueError(f"pool_2d: give {value} only, not both {value} and {name}")
+    if padding is not None and tuple(pad) != (0, 0):
+        raise ValueError("pool_2d: give pad only, not both pad and padding")
+    for old, name, new in ((ds, "ds", "ws"), (st, "st", "stride"), (padding, "padding", "pad")):
+        if old is not None:
+            warnings.warn(f"DEPRECATION: the '{name}' parameter is not going to exist anymore "
+                          f"as it is going to be replaced by the parameter '{new}'.",
+                          stacklevel=2)
+    ws = ws if ds is None else ds
+    stride = stride if st is None else st
+    pad = pad if padding is None else padding
+    if ws is None:
+        raise ValueError("pool_2d: give the window size ws")
+    if ignore_border is None:
+        warnings.warn("pool_2d() will have the parameter ignore_border default value changed "
+                      "to True (currently False). To have consistent behavior with all Theano "
+                      "version, explicitly add the parameter ignore_border=True.", stacklevel=2)
+        ignore_border = False
+    return pool(input, ws, ignore_border, stride, pad, mode)
+
+
+def pool(input, ws, ignore_border, stride=None, pad=(0, 0), mode="max"):
+    """:func:`pool_2d` with its arguments checked and no deprecated names."""
+    ws = int_pair(ws, "pool_2d: ws", 1)
+    stride = ws if stride is None else int_pair(stride, "pool_2d: stride", 1)
+    pad = int_pair(pad, "pool_2d: pad", 0)
+    if mode not in MODES:
+        raise ValueError(f"pool_2d: mode must be one of {MODES}, got {mode!r}")
+    if pad != (0, 0) and not ignore_border:
+        raise ValueError("pool_2d: padding works only with ignore_border=True")
+    if pad[0] >= ws[0] or pad[1] >= ws[1]:
+        raise ValueError(f"pool_2d: the padding {pad} must be smaller than the window {ws}")
+    x = pt.as_tensor_variable(input)
+    if x.type.ndim < 2:
+        raise ValueError(f"pool_2d needs a tensor of at least 2 dimensions, got {x.type}")
+    if mode == "max" and stride == ws and pad == (0, 0):
+        return MaxPool2d(ws, bool(ignore_border))(x)
+    return _general_pool(x, ws, stride, pad, bool(ignore_border), mode)
