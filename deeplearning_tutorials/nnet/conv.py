@@ -27,6 +27,8 @@ from pytensor.graph.basic import Apply
 from pytensor.link.c.op import COp
 from pytensor.scalar import upcast
 
+from deeplearning_tutorials.nnet.pad import Pad2d
+
 __all__ = ["conv2d", "general_conv2d", "Conv2d", "Conv2dGradInputs", "Conv2dGradFilters"]
 
 # ---------------------------------------------------------------------------
@@ -460,20 +462,21 @@ def general_conv2d(input, filters, input_shape=None, filter_shape=None, border_m
     if ws != filters.type.shape:
         filters = pt.specify_shape(filters, ws)
     input, filters = _common_dtype(input, filters)
-    # Port note: every shape below comes from the operands' own shapes or from
-    # constants, so that JAX, which needs concrete shapes, traces it whatever
-    # static shapes the variables have.
+    # Every size below is computed inside an Op from the arrays themselves, so
+    # that JAX, which needs concrete sizes, traces it whatever static shapes
+    # the variables have.
     if not filter_flip:
         filters = filters[:, :, ::-1, ::-1]
-    for axis, d in ((2, dilation[0]), (3, dilation[1])):
-        if d > 1:  # d - 1 zeros after each tap, the last ones cut off
-            spread = pt.pad(pt.expand_dims(filters, axis + 1),
-                            [(0, 0)] * (axis + 1) + [(0, d - 1)] + [(0, 0)] * (3 - axis))
-            merged = [spread.shape[i] for i in range(axis)] + [-1] + [spread.shape[4]] * (axis == 2)
-            filters = spread.reshape(merged)
-            filters = filters[(slice(None),) * axis + (slice(None, 1 - d),)]
+    if dilation[0] > 1:  # d - 1 zero rows after each tap row, the last ones cut off
+        spread = Pad2d((0, 0), (dilation[0] - 1, 0))(pt.expand_dims(filters, 3))
+        filters = spread.reshape((spread.shape[0], spread.shape[1], -1, spread.shape[4]))
+        filters = filters[:, :, : 1 - dilation[0]]
+    if dilation[1] > 1:
+        spread = Pad2d((0, 0), (0, dilation[1] - 1))(pt.expand_dims(filters, 4))
+        filters = spread.reshape((spread.shape[0], spread.shape[1], spread.shape[2], -1))
+        filters = filters[:, :, :, : 1 - dilation[1]]
     if pads != (0, 0):
-        input = pt.pad(input, [(0, 0), (0, 0), (pads[0], pads[0]), (pads[1], pads[1])])
+        input = Pad2d(pads, pads)(input)
     out = Conv2d()(input, filters)
     if subsample != (1, 1):
         out = out[:, :, :: subsample[0], :: subsample[1]]

@@ -22,6 +22,7 @@ import numpy as np
 from pytensor.link.numba.dispatch.basic import numba_njit, register_funcify_default_op_cache_key
 
 from deeplearning_tutorials.nnet.conv import Conv2d, Conv2dGradFilters, Conv2dGradInputs
+from deeplearning_tutorials.nnet.pad import Crop2d, Pad2d
 from deeplearning_tutorials.nnet.pool import MaxPool2d, MaxPool2dGrad
 
 # Elements in one chunk's column matrix: 2**20 elements (8 MiB in float64,
@@ -466,3 +467,32 @@ def numba_funcify_MaxPool2dGrad(op, node=None, **kwargs):
         return max_pool_grad_3d(x3, out3, gz3, wh, ww).reshape(x.shape)
 
     return max_pool_grad, _VERSION
+
+
+@register_funcify_default_op_cache_key(Pad2d)
+def numba_funcify_Pad2d(op, node=None, **kwargs):
+    (b0, b1), (a0, a1), (m0, m1), value = op.before, op.after, op.at_least, op.value
+
+    @numba_njit
+    def pad2d(x):
+        h, w = x.shape[-2], x.shape[-1]
+        x3 = np.ascontiguousarray(x).reshape((-1, h, w))
+        y3 = np.full((x3.shape[0], max(h + b0 + a0, m0), max(w + b1 + a1, m1)), value,
+                     dtype=x.dtype)
+        y3[:, b0 : b0 + h, b1 : b1 + w] = x3
+        return y3.reshape(x.shape[:-2] + (y3.shape[1], y3.shape[2]))
+
+    return pad2d, _VERSION
+
+
+@register_funcify_default_op_cache_key(Crop2d)
+def numba_funcify_Crop2d(op, node=None, **kwargs):
+    b0, b1 = op.before
+
+    @numba_njit
+    def crop2d(gy, x):
+        h, w = x.shape[-2], x.shape[-1]
+        gy3 = gy.reshape((-1, gy.shape[-2], gy.shape[-1]))
+        return np.ascontiguousarray(gy3[:, b0 : b0 + h, b1 : b1 + w]).reshape(x.shape)
+
+    return crop2d, _VERSION

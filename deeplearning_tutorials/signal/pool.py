@@ -13,9 +13,9 @@ import warnings
 
 import numpy as np
 import pytensor.tensor as pt
-from pytensor.raise_op import Assert
 
 from deeplearning_tutorials.nnet.conv import int_pair
+from deeplearning_tutorials.nnet.pad import Pad2d
 from deeplearning_tutorials.nnet.pool import MaxPool2d
 
 __all__ = ["pool_2d", "pool_output_length"]
@@ -51,22 +51,6 @@ def _lowest(dtype):
     return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
 
 
-def _extension(size, ws, stride, ignore_border):
-    """Rows (or columns) added after the image so that the last window fits.
-
-    With ``ignore_border`` the windows lie inside the image; otherwise one more
-    window covers the rest, so the windows starting inside the image (Theano's
-    count) all end inside the image plus this extension.
-    """
-    if ignore_border:
-        return 0
-    if stride >= ws:
-        return ws - 1
-    if isinstance(size, (int, np.integer)):
-        return max(stride - 1, ws - size)
-    return stride - 1  # size >= ws - stride + 1 is asserted where the size is unknown
-
-
 def _windows_reduce(y, ws, stride, reduce):
     """``reduce`` over the window positions of ``y``'s strided slices.
 
@@ -84,31 +68,26 @@ def _windows_reduce(y, ws, stride, reduce):
 
 
 def _general_pool(x, ws, stride, pad, ignore_border, mode):
-    sizes = [x.type.shape[-2], x.type.shape[-1]]
-    ext = [_extension(n, w, s, ignore_border) for n, w, s in zip(sizes, ws, stride)]
-    for axis, (n, w, s) in zip((-2, -1), zip(sizes, ws, stride)):
-        if not ignore_border and s < w and n is None:
-            x = Assert(f"pool_2d: with ignore_border=False and a stride ({s}) smaller than "
-                          f"the window ({w}), an image of unknown size must have at least "
-                          f"{w - s + 1} rows and columns")(x, pt.ge(x.shape[axis], w - s + 1))
-    lead = [(0, 0)] * (x.type.ndim - 2)
+    # the padded image; without ignore_border (where pad is 0) extended so that
+    # Theano's windows, which go on until one reaches the image's end, all fit
+    extend, at_least = (0, 0), (0, 0)
+    if not ignore_border:
+        extend = tuple(w - 1 if s >= w else s - 1 for w, s in zip(ws, stride))
+        at_least = tuple(w if s < w else 0 for w, s in zip(ws, stride))
+    after = (pad[0] + extend[0], pad[1] + extend[1])
     if mode == "max":
-        fill = _lowest(x.dtype)
-        y = pt.pad(x, lead + [(pad[0], pad[0] + ext[0]), (pad[1], pad[1] + ext[1])],
-                   constant_values=fill)
+        y = Pad2d(pad, after, _lowest(x.dtype), at_least)(x)
         return _windows_reduce(y, ws, stride, pt.max)
-    y = pt.pad(x, lead + [(pad[0], pad[0] + ext[0]), (pad[1], pad[1] + ext[1])])
-    total = _windows_reduce(y, ws, stride, pt.sum)
+    total = _windows_reduce(Pad2d(pad, after, 0, at_least)(x), ws, stride, pt.sum)
     if mode == "sum":
         return total
     # an average divides by the inputs its window counted: the padded image's
     # ('average_inc_pad') or the image's ('average_exc_pad'), never the extension
     ones = pt.ones((x.shape[-2], x.shape[-1]), dtype=x.dtype)
     if mode == "average_inc_pad":
-        counted = pt.pad(pt.pad(ones, [(pad[0], pad[0]), (pad[1], pad[1])], constant_values=1),
-                         [(0, ext[0]), (0, ext[1])])
+        counted = Pad2d((0, 0), extend, 0, at_least)(Pad2d(pad, pad, 1)(ones))
     else:
-        counted = pt.pad(ones, [(pad[0], pad[0] + ext[0]), (pad[1], pad[1] + ext[1])])
+        counted = Pad2d(pad, after, 0, at_least)(ones)
     count = _windows_reduce(counted, ws, stride, pt.sum)
     if x.dtype.startswith("float"):
         return total / count
