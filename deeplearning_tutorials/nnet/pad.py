@@ -16,13 +16,57 @@ backend.
   (the gradient of :class:`Pad2d`).
 """
 
+import math
+
 import numpy as np
 import pytensor.tensor as pt
 from pytensor.gradient import grad_not_implemented
 from pytensor.graph.basic import Apply
-from pytensor.graph.op import Op
+from pytensor.link.c.op import COp
 
 __all__ = ["Pad2d", "Crop2d", "padded_size"]
+
+
+# The C code of both Ops: ``n`` planes, each copying ``h`` rows of ``w``
+# elements from ``src`` (planes of sh x sw) at row ``sr``, column ``sc`` to
+# ``dst`` (planes of dh x dw) at row ``dr``, column ``dc``; ``dst`` is first
+# filled with ``fill`` when the Op pads.
+_C_CODE = """
+{
+    PyArrayObject *src = PyArray_GETCONTIGUOUS(%(src)s);
+    npy_intp dims[%(nd)s];
+    long n = 1, sh, sw, h, w, i, r;
+    int d, ok = 0;
+    if (src == NULL) goto fail_%(name)s;
+    for (d = 0; d < %(nd)s - 2; ++d) { dims[d] = PyArray_DIMS(src)[d]; n *= dims[d]; }
+    sh = PyArray_DIMS(src)[%(nd)s - 2]; sw = PyArray_DIMS(src)[%(nd)s - 1];
+    %(shape)s
+    if (%(z)s == NULL || !PyArray_IS_C_CONTIGUOUS(%(z)s)
+        || !PyArray_CompareLists(PyArray_DIMS(%(z)s), dims, %(nd)s)) {
+        Py_XDECREF(%(z)s);
+        %(z)s = (PyArrayObject*)PyArray_EMPTY(%(nd)s, dims, PyArray_TYPE(src), 0);
+        if (%(z)s == NULL) goto fail_%(name)s;
+    }
+    {
+        dtype_%(z)s *dst = (dtype_%(z)s*)PyArray_DATA(%(z)s);
+        const dtype_%(z)s *s = (const dtype_%(z)s*)PyArray_DATA(src);
+        long dh = dims[%(nd)s - 2], dw = dims[%(nd)s - 1];
+        %(fill)s
+        for (i = 0; i < n; ++i)
+            for (r = 0; r < h; ++r)
+                memcpy(dst + (i * dh + r + %(dr)s) * dw + %(dc)s, s + (i * sh + r + %(sr)s) * sw + %(sc)s,
+                       w * sizeof(dtype_%(z)s));
+    }
+    ok = 1;
+  fail_%(name)s:
+    Py_XDECREF(src);
+    if (!ok) { %(fail)s }
+}
+"""
+
+
+def _c_literal(value):
+    return ("-" if value < 0 else "") + "NPY_INFINITY" if math.isinf(value) else repr(value)
 
 
 def padded_size(n, before, after, at_least):
@@ -30,7 +74,7 @@ def padded_size(n, before, after, at_least):
     return max(n + before + after, at_least)
 
 
-class Pad2d(Op):
+class Pad2d(COp):
     """Pad the last two axes of a tensor with a constant (see the module)."""
 
     __props__ = ("before", "after", "value", "at_least")
@@ -63,8 +107,22 @@ class Pad2d(Op):
         (x,) = inputs
         return [Crop2d(self.before)(output_grads[0], x)]
 
+    def c_code_cache_version(self):
+        return (1,)
 
-class Crop2d(Op):
+    def c_code(self, node, name, inputs, outputs, sub):
+        (b0, b1), (a0, a1), (m0, m1) = self.before, self.after, self.at_least
+        shape = (f"h = sh; w = sw; dims[{node.inputs[0].ndim} - 2] = sh + {b0 + a0} > {m0} ? "
+                 f"sh + {b0 + a0} : {m0}; dims[{node.inputs[0].ndim} - 1] = sw + {b1 + a1} > "
+                 f"{m1} ? sw + {b1 + a1} : {m1};")
+        fill = (f"{{ npy_intp k, size = PyArray_SIZE({outputs[0]}); for (k = 0; k < size; ++k) "
+                f"dst[k] = (dtype_{outputs[0]})({_c_literal(self.value)}); }}")
+        return _C_CODE % dict(src=inputs[0], z=outputs[0], nd=node.inputs[0].ndim, name=name,
+                              shape=shape, fill=fill, dr=b0, dc=b1, sr=0, sc=0,
+                              fail=sub["fail"])
+
+
+class Crop2d(COp):
     """``gy[..., before[0]:before[0] + h, before[1]:before[1] + w]``, ``(h, w)`` ``x``'s last two."""
 
     __props__ = ("before",)
@@ -86,3 +144,14 @@ class Crop2d(Op):
     def pullback(self, inputs, outputs, output_grads):
         return [grad_not_implemented(self, 0, inputs[0]),
                 grad_not_implemented(self, 1, inputs[1])]
+
+    def c_code_cache_version(self):
+        return (1,)
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        nd = node.inputs[0].ndim
+        shape = (f"for (d = 0; d < {nd}; ++d) dims[d] = PyArray_DIMS({inputs[1]})[d]; "
+                 f"h = dims[{nd} - 2]; w = dims[{nd} - 1];")
+        return _C_CODE % dict(src=inputs[0], z=outputs[0], nd=nd, name=name, shape=shape,
+                              fill="", dr=0, dc=0, sr=self.before[0], sc=self.before[1],
+                              fail=sub["fail"])
