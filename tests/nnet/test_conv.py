@@ -483,9 +483,9 @@ def test_declared_shape_is_checked_at_runtime(mode):
         (dict(filter_shape=(2, 1, 0, 3)), "positive"),
         (dict(filter_shape=(2, 1, True, 3)), "positive"),
         (dict(filter_shape=5), "tuple"),
-        (dict(input_shape=(1, 1, 5, 5), image_shape=(2, 1, 5, 5)), "legacy"),
-        (dict(border_mode="full"), "valid"),
-        (dict(subsample=(2, 2)), "subsample"),
+        (dict(input_shape=(1, 1, 5, 5), image_shape=(2, 1, 5, 5)), "deprecated name"),
+        (dict(border_mode="full"), "declare filter_shape"),
+        (dict(subsample=(0, 2)), "subsample"),
     ],
 )
 def test_inconsistent_declarations_raise(kwargs, match):
