@@ -29,7 +29,7 @@ from jax import lax
 from pytensor.link.jax.dispatch import jax_funcify
 
 from deeplearning_tutorials.nnet.conv import Conv2d, Conv2dGradFilters, Conv2dGradInputs
-from deeplearning_tutorials.nnet.pad import Crop2d, Pad2d
+from deeplearning_tutorials.nnet.pad import Crop2d, Pad2d, padded_size
 from deeplearning_tutorials.nnet.pool import MaxPool2d, MaxPool2dGrad
 
 _DN = ("NCHW", "OIHW", "NCHW")
@@ -264,7 +264,7 @@ def jax_funcify_MaxPool2dGrad(op, **kwargs):
 def jax_funcify_Pad2d(op, **kwargs):
     def pad2d(x):
         h, w = x.shape[-2:]  # concrete while JAX traces
-        extra = [max(n + b + a, m) - n - b
+        extra = [padded_size(n, b, a, m) - n - b
                  for n, b, a, m in zip((h, w), op.before, op.after, op.at_least)]
         widths = [(0, 0)] * (x.ndim - 2) + list(zip(op.before, extra))
         return jnp.pad(x, widths, constant_values=jnp.asarray(op.value, dtype=x.dtype))

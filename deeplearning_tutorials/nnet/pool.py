@@ -106,7 +106,7 @@ def _check_ws(ws):
     return (int(ws[0]), int(ws[1]))
 
 
-def _as_pool_input(x):
+def as_pool_input(x):
     x = pt.as_tensor_variable(x)
     if x.type.ndim < 2:
         raise ValueError(f"pool_2d needs a tensor of at least 2 dimensions, got {x.type}")
@@ -204,7 +204,7 @@ class MaxPool2d(_PoolOpBase):
         return tuple(lead) + (oh, ow)
 
     def make_node(self, x):
-        x = _as_pool_input(x)
+        x = as_pool_input(x)
         out = pt.tensor(dtype=x.type.dtype, shape=self._out_static(x.type.shape))
         return Apply(self, [x], [out])
 
@@ -232,7 +232,7 @@ class MaxPool2dGrad(_PoolOpBase):
     """
 
     def make_node(self, x, maxout, gz):
-        x = _as_pool_input(x)
+        x = as_pool_input(x)
         maxout = pt.as_tensor_variable(maxout)
         gz = pt.as_tensor_variable(gz)
         if maxout.type.ndim != x.type.ndim or gz.type.ndim != x.type.ndim:
@@ -286,7 +286,7 @@ def pool_2d(input, ws, ignore_border=True, mode="max"):
         raise ValueError(f"pool_2d: only mode='max' is implemented, got {mode!r}")
     if ignore_border is None:
         ignore_border = False
-    return MaxPool2d(_check_ws(ws), ignore_border)(_as_pool_input(input))
+    return MaxPool2d(_check_ws(ws), ignore_border)(as_pool_input(input))
 
 
 def max_pool_2d(input, ds, ignore_border=None):

@@ -16,7 +16,7 @@ import pytensor.tensor as pt
 
 from deeplearning_tutorials.nnet.conv import int_pair
 from deeplearning_tutorials.nnet.pad import Pad2d
-from deeplearning_tutorials.nnet.pool import MaxPool2d
+from deeplearning_tutorials.nnet.pool import MaxPool2d, as_pool_input
 
 __all__ = ["pool_2d", "pool_output_length"]
 
@@ -28,22 +28,19 @@ def pool_output_length(size, ws, stride, pad, ignore_border):
 
     Parameters
     ----------
-    size : int or scalar TensorVariable
-    ws, stride, pad : int
+    size, ws, stride, pad : int
     ignore_border : bool
 
     Returns
     -------
-    int or scalar TensorVariable
+    int
     """
-    symbolic = not isinstance(size, (int, np.integer))
-    at_least_0 = pt.maximum if symbolic else max
     n = size + 2 * pad
     if ignore_border:
-        return n // stride if ws == stride else at_least_0((n - ws) // stride + 1, 0)
+        return n // stride if ws == stride else max((n - ws) // stride + 1, 0)
     if stride >= ws:
         return (n - 1) // stride + 1
-    return at_least_0((n - 1 - ws + stride) // stride, 0) + 1
+    return max((n - 1 - ws + stride) // stride, 0) + 1
 
 
 def _lowest(dtype):
@@ -165,9 +162,7 @@ def pool(input, ws, ignore_border, stride=None, pad=(0, 0), mode="max"):
         raise ValueError("pool_2d: padding works only with ignore_border=True")
     if pad[0] >= ws[0] or pad[1] >= ws[1]:
         raise ValueError(f"pool_2d: the padding {pad} must be smaller than the window {ws}")
-    x = pt.as_tensor_variable(input)
-    if x.type.ndim < 2:
-        raise ValueError(f"pool_2d needs a tensor of at least 2 dimensions, got {x.type}")
+    x = as_pool_input(input)
     if mode == "max" and stride == ws and pad == (0, 0):
         return MaxPool2d(ws, bool(ignore_border))(x)
     return _general_pool(x, ws, stride, pad, bool(ignore_border), mode)
