@@ -37,6 +37,7 @@ a live progress line on an interactive terminal, and a results dictionary
 import contextlib
 import dataclasses
 import errno
+import gc
 import json
 import math
 import numbers
@@ -47,6 +48,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import zipfile
 import zlib
 
@@ -1020,7 +1022,25 @@ class _InterruptGuard:
         if isinstance(unraisable.exc_value, KeyboardInterrupt):
             self.raised = True  # check() raises it again where it cannot be lost
             return
+        if self.raised:
+            # After SIGINT: a finalizer of an object the interrupt left
+            # half-built (llvmlite's, say) failing.  The interrupt is the news.
+            return
         self.previous_hook(unraisable)
+
+    def release(self, exc):
+        """Free the frames an interrupt's exception holds, while the hook is ours.
+
+        The objects they hold would otherwise be finalized after the run has
+        reported the interrupt, and a half-built one would print its failure
+        after the one-line error.
+        """
+        seen = set()
+        while exc is not None and id(exc) not in seen:
+            seen.add(id(exc))
+            traceback.clear_frames(exc.__traceback__)
+            exc = exc.__cause__ or exc.__context__
+        gc.collect()
 
     def check(self):
         """Raise ``KeyboardInterrupt`` if SIGINT came since the outermost block began."""
@@ -1058,6 +1078,10 @@ def interrupt_guard():
     _interrupts.enter()
     try:
         yield _interrupts
+    except BaseException as exc:
+        if _interrupts.depth == 1 and _interrupts.installed and interrupted(exc):
+            _interrupts.release(exc)
+        raise
     finally:
         _interrupts.exit()
 

@@ -195,6 +195,46 @@ def test_the_command_line_answers_an_interrupt_with_130_and_the_checkpoint(tmp_p
     assert f"--checkpoint {ck} --resume" in err
 
 
+HALF_BUILT = """
+import signal, sys
+from deeplearning_tutorials import training
+
+class HalfBuilt:  # like llvmlite's OutputString when SIGINT lands inside __init__
+    def __init__(self):
+        signal.raise_signal(signal.SIGINT)
+        self._ptr = None
+
+    def __del__(self):
+        self._ptr
+
+class Unrelated:
+    def __del__(self):
+        raise AttributeError("a finalizer failing before any interrupt")
+
+def compile_something():
+    return HalfBuilt()
+
+Unrelated()
+try:
+    with training.interrupt_guard():
+        compile_something()
+except KeyboardInterrupt:
+    print("error: interrupted", file=sys.stderr)
+    sys.exit(130)
+"""
+
+
+def test_a_finalizer_failing_after_an_interrupt_prints_nothing_after_the_error_line():
+    run = subprocess.run([sys.executable, "-c", HALF_BUILT], env=ENV, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 130, run.stderr
+    # The finalizer that failed before the interrupt is still reported...
+    assert "a finalizer failing before any interrupt" in run.stderr
+    # ... the half-built object's is not, and the error line stays the last one.
+    assert "_ptr" not in run.stderr, run.stderr
+    assert run.stderr.splitlines()[-1] == "error: interrupted"
+
+
 def test_another_system_error_is_not_taken_for_an_interrupt():
     with pytest.raises(SystemError):
         cli.main(interrupt_with(SystemError("a real bug")), [])
