@@ -27,11 +27,13 @@ from deeplearning_tutorials.nnet.nnet import (
     sigmoid,
     softmax,
 )
+from deeplearning_tutorials.nnet.general_pool import Pool2d, Pool2dGrad
 from deeplearning_tutorials.nnet.pad import Crop2d, Pad2d
 from deeplearning_tutorials.nnet.pool import MaxPool2d, MaxPool2dGrad, max_pool_2d, pool_2d
 
 
-_OPS = [Conv2d, Conv2dGradInputs, Conv2dGradFilters, MaxPool2d, MaxPool2dGrad, Pad2d, Crop2d]
+_OPS = [Conv2d, Conv2dGradInputs, Conv2dGradFilters, MaxPool2d, MaxPool2dGrad, Pool2d, Pool2dGrad,
+        Pad2d, Crop2d]
 
 
 @node_rewriter(_OPS)

@@ -467,14 +467,8 @@ def general_conv2d(input, filters, input_shape=None, filter_shape=None, border_m
     # the variables have.
     if not filter_flip:
         filters = filters[:, :, ::-1, ::-1]
-    if dilation[0] > 1:  # d - 1 zero rows after each tap row, the last ones cut off
-        spread = Pad2d((0, 0), (dilation[0] - 1, 0))(pt.expand_dims(filters, 3))
-        filters = spread.reshape((spread.shape[0], spread.shape[1], -1, spread.shape[4]))
-        filters = filters[:, :, : 1 - dilation[0]]
-    if dilation[1] > 1:
-        spread = Pad2d((0, 0), (0, dilation[1] - 1))(pt.expand_dims(filters, 4))
-        filters = spread.reshape((spread.shape[0], spread.shape[1], spread.shape[2], -1))
-        filters = filters[:, :, :, : 1 - dilation[1]]
+    if dilation != (1, 1):  # d - 1 zeros between each two taps
+        filters = Pad2d((0, 0), (0, 0), interior=(dilation[0] - 1, dilation[1] - 1))(filters)
     if pads != (0, 0):
         input = Pad2d(pads, pads)(input)
     out = Conv2d()(input, filters)

@@ -23,12 +23,22 @@ window's max, giving ties the gradient as Theano did (``jax.grad`` of
 ``reduce_window`` would pick a single element).
 """
 
+import itertools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from pytensor.link.jax.dispatch import jax_funcify
 
 from deeplearning_tutorials.nnet.conv import Conv2d, Conv2dGradFilters, Conv2dGradInputs
+from deeplearning_tutorials.nnet.general_pool import (
+    Pool2d,
+    Pool2dGrad,
+    lowest,
+    pool_output_length,
+    windows,
+)
 from deeplearning_tutorials.nnet.pad import Crop2d, Pad2d, padded_size
 from deeplearning_tutorials.nnet.pool import MaxPool2d, MaxPool2dGrad
 
@@ -260,24 +270,113 @@ def jax_funcify_MaxPool2dGrad(op, **kwargs):
     return max_pool_grad
 
 
+class _PoolLayout:
+    """Where :class:`Pool2d`'s windows lie in an input of ``x``'s shape.
+
+    The windows tile the input padded by ``pad`` before and by ``high`` after
+    (negative: cut) each pooled axis, an extent of ``(out - 1) * stride + ws``.
+    Computed from the concrete shape JAX traces with.
+    """
+
+    def __init__(self, op, shape):
+        self.op, self.lead, (h, w) = op, len(shape) - 2, shape[-2:]
+        self.out = tuple(pool_output_length(n, k, s, p, op.ignore_border)
+                         for n, k, s, p in zip((h, w), op.ws, op.stride, op.pad))
+        self.high = tuple((o - 1) * s + k - p - n
+                          for o, n, k, s, p in zip(self.out, (h, w), op.ws, op.stride, op.pad))
+        self.counts = None
+        if op.mode.startswith("average"):
+            rows, cols = (windows(n, k, s, p, op.ignore_border, op.mode)[2]
+                          for n, k, s, p in zip((h, w), op.ws, op.stride, op.pad))
+            self.counts = np.multiply.outer(rows, cols)
+
+    def empty(self):
+        return 0 in self.out
+
+    def config(self, sign=1):
+        return [(0, 0, 0)] * self.lead + [(sign * p, sign * q, 0)
+                                          for p, q in zip(self.op.pad, self.high)]
+
+    def offsets(self):
+        return itertools.product(range(self.op.ws[0]), range(self.op.ws[1]))
+
+    def window_slice(self, xp, u, v):
+        """The (u, v)-th input of every window, (..., oh, ow)."""
+        (oh, ow), (sh, sw) = self.out, self.op.stride
+        start = (0,) * self.lead + (u, v)
+        limit = xp.shape[:-2] + (u + (oh - 1) * sh + 1, v + (ow - 1) * sw + 1)
+        return lax.slice(xp, start, limit, (1,) * self.lead + (sh, sw))
+
+    def spread(self, g, u, v, shape):
+        """``g`` (..., oh, ow) put where :meth:`window_slice` took its inputs from."""
+        (oh, ow), (sh, sw) = self.out, self.op.stride
+        rows = (u, shape[-2] - u - (oh - 1) * sh - 1, sh - 1)
+        cols = (v, shape[-1] - v - (ow - 1) * sw - 1, sw - 1)
+        return lax.pad(g, jnp.zeros((), g.dtype), [(0, 0, 0)] * self.lead + [rows, cols])
+
+
+def _divide(total, counts, dtype):
+    if jnp.issubdtype(dtype, jnp.floating):
+        return (total / counts).astype(dtype)
+    return jnp.trunc(total / counts).astype(dtype)
+
+
+@jax_funcify.register(Pool2d)
+def jax_funcify_Pool2d(op, **kwargs):
+    def pool(x):
+        layout = _PoolLayout(op, x.shape)
+        if layout.empty():
+            return jnp.zeros(x.shape[:-2] + layout.out, x.dtype)
+        is_max = op.mode == "max"
+        init = jnp.asarray(lowest(x.dtype) if is_max else 0, x.dtype)
+        xp = lax.pad(x, init, layout.config())
+        z = lax.reduce_window(xp, init, lax.max if is_max else lax.add,
+                              (1,) * layout.lead + op.ws, (1,) * layout.lead + op.stride,
+                              "VALID")
+        return z if layout.counts is None else _divide(z, layout.counts, x.dtype)
+
+    return pool
+
+
+@jax_funcify.register(Pool2dGrad)
+def jax_funcify_Pool2dGrad(op, **kwargs):
+    def pool_grad(x, z, gz):
+        layout = _PoolLayout(op, x.shape)
+        if layout.empty():
+            return jnp.zeros_like(x)
+        if layout.counts is not None:
+            gz = (gz / layout.counts).astype(x.dtype)
+        xp = lax.pad(x, jnp.asarray(lowest(x.dtype), x.dtype), layout.config())
+        gxp = jnp.zeros(xp.shape, x.dtype)
+        for u, v in layout.offsets():
+            g = gz
+            if op.mode == "max":
+                g = jnp.where(layout.window_slice(xp, u, v) == z, gz, 0)
+            gxp = gxp + layout.spread(g, u, v, xp.shape)
+        return lax.pad(gxp, jnp.zeros((), x.dtype), layout.config(-1))
+
+    return pool_grad
+
+
 @jax_funcify.register(Pad2d)
 def jax_funcify_Pad2d(op, **kwargs):
     def pad2d(x):
         h, w = x.shape[-2:]  # concrete while JAX traces
-        extra = [padded_size(n, b, a, m) - n - b
-                 for n, b, a, m in zip((h, w), op.before, op.after, op.at_least)]
-        widths = [(0, 0)] * (x.ndim - 2) + list(zip(op.before, extra))
-        return jnp.pad(x, widths, constant_values=jnp.asarray(op.value, dtype=x.dtype))
+        config = [(0, 0, 0)] * (x.ndim - 2)
+        for n, b, a, m, i in zip((h, w), op.before, op.after, op.at_least, op.interior):
+            inner = n + max(n - 1, 0) * i
+            config.append((b, padded_size(n, b, a, m, i) - inner - b, i if n > 0 else 0))
+        return lax.pad(x, jnp.asarray(op.value, dtype=x.dtype), config)
 
     return pad2d
 
 
 @jax_funcify.register(Crop2d)
 def jax_funcify_Crop2d(op, **kwargs):
-    (b0, b1) = op.before
+    (b0, b1), (s0, s1) = op.before, op.step
 
     def crop2d(gy, x):
         h, w = x.shape[-2:]
-        return gy[..., b0 : b0 + h, b1 : b1 + w]
+        return gy[..., b0 : b0 + (h - 1) * s0 + 1 : s0, b1 : b1 + (w - 1) * s1 + 1 : s1]
 
     return crop2d

@@ -22,6 +22,7 @@ import numpy as np
 from pytensor.link.numba.dispatch.basic import numba_njit, register_funcify_default_op_cache_key
 
 from deeplearning_tutorials.nnet.conv import Conv2d, Conv2dGradFilters, Conv2dGradInputs
+from deeplearning_tutorials.nnet.general_pool import Pool2d, Pool2dGrad
 from deeplearning_tutorials.nnet.pad import Crop2d, Pad2d
 from deeplearning_tutorials.nnet.pool import MaxPool2d, MaxPool2dGrad
 
@@ -472,14 +473,15 @@ def numba_funcify_MaxPool2dGrad(op, node=None, **kwargs):
 @register_funcify_default_op_cache_key(Pad2d)
 def numba_funcify_Pad2d(op, node=None, **kwargs):
     (b0, b1), (a0, a1), (m0, m1), value = op.before, op.after, op.at_least, op.value
+    (i0, i1), (s0, s1) = op.interior, op.steps()
 
     @numba_njit
     def pad2d(x):
         h, w = x.shape[-2], x.shape[-1]
         x3 = np.ascontiguousarray(x).reshape((-1, h, w))
-        y3 = np.full((x3.shape[0], max(h + b0 + a0, m0), max(w + b1 + a1, m1)), value,
-                     dtype=x.dtype)
-        y3[:, b0 : b0 + h, b1 : b1 + w] = x3
+        y3 = np.full((x3.shape[0], max(h + max(h - 1, 0) * i0 + b0 + a0, m0),
+                      max(w + max(w - 1, 0) * i1 + b1 + a1, m1)), value, dtype=x.dtype)
+        y3[:, b0 : b0 + (h - 1) * s0 + 1 : s0, b1 : b1 + (w - 1) * s1 + 1 : s1] = x3
         return y3.reshape(x.shape[:-2] + (y3.shape[1], y3.shape[2]))
 
     return pad2d, _VERSION
@@ -487,12 +489,127 @@ def numba_funcify_Pad2d(op, node=None, **kwargs):
 
 @register_funcify_default_op_cache_key(Crop2d)
 def numba_funcify_Crop2d(op, node=None, **kwargs):
-    b0, b1 = op.before
+    (b0, b1), (s0, s1) = op.before, op.step
 
     @numba_njit
     def crop2d(gy, x):
         h, w = x.shape[-2], x.shape[-1]
         gy3 = gy.reshape((-1, gy.shape[-2], gy.shape[-1]))
-        return np.ascontiguousarray(gy3[:, b0 : b0 + h, b1 : b1 + w]).reshape(x.shape)
+        part = gy3[:, b0 : b0 + (h - 1) * s0 + 1 : s0, b1 : b1 + (w - 1) * s1 + 1 : s1]
+        return np.ascontiguousarray(part).reshape(x.shape)
 
     return crop2d, _VERSION
+
+
+# --------------------------------------------------------------------------
+# general pooling (Pool2d, Pool2dGrad): loops over the windows that
+# general_pool.windows describes; mode 0 max, 1 sum, 2 an average
+
+
+@_njit
+def _windows(size, ws, stride, pad, ignore_border, inc_pad):
+    n = size + 2 * pad
+    if ignore_border:
+        out = n // stride if ws == stride else max((n - ws) // stride + 1, 0)
+    elif stride >= ws:
+        out = (n - 1) // stride + 1
+    else:
+        out = max((n - 1 - ws + stride) // stride, 0) + 1
+    lo, hi, count = np.empty(out, np.int64), np.empty(out, np.int64), np.empty(out, np.int64)
+    for i in range(out):
+        start = i * stride - pad
+        lo[i], hi[i] = max(start, 0), min(start + ws, size)
+        count[i] = min(start + ws, size + pad) - start if inc_pad else hi[i] - lo[i]
+    return lo, hi, count
+
+
+@_njit
+def _pool_3d(x, rows, cols, mode):
+    (rlo, rhi, rn), (clo, chi, cn) = rows, cols
+    z = np.empty((x.shape[0], rlo.size, clo.size), dtype=x.dtype)
+    zero = np.zeros(1, dtype=x.dtype)[0]
+    for p in range(x.shape[0]):
+        for i in range(rlo.size):
+            for j in range(clo.size):
+                if mode == 0:
+                    acc = x[p, rlo[i], clo[j]]
+                    for r in range(rlo[i], rhi[i]):
+                        for c in range(clo[j], chi[j]):
+                            v = x[p, r, c]
+                            if v > acc or v != v:
+                                acc = v
+                    z[p, i, j] = acc
+                else:
+                    total = zero
+                    for r in range(rlo[i], rhi[i]):
+                        for c in range(clo[j], chi[j]):
+                            total += x[p, r, c]
+                    z[p, i, j] = total if mode == 1 else total / (rn[i] * cn[j])
+    return z
+
+
+@_njit
+def _pool_grad_3d(x, z, gz, rows, cols, mode):
+    (rlo, rhi, rn), (clo, chi, cn) = rows, cols
+    gx = np.zeros_like(x)
+    for p in range(x.shape[0]):
+        for i in range(rlo.size):
+            for j in range(clo.size):
+                g = gz[p, i, j]
+                if mode == 2:
+                    g = g / (rn[i] * cn[j])
+                for r in range(rlo[i], rhi[i]):
+                    for c in range(clo[j], chi[j]):
+                        if mode != 0 or x[p, r, c] == z[p, i, j]:
+                            gx[p, r, c] += g
+    return gx
+
+
+@_njit
+def _planes(size, h, w):
+    return size // (h * w) if h * w > 0 else 0
+
+
+def _pool_parts(op):
+    (wh, ww), (sh, sw), (ph, pw) = op.ws, op.stride, op.pad
+    ib, inc = op.ignore_border, op.mode == "average_inc_pad"
+    mode = {"max": 0, "sum": 1}.get(op.mode, 2)
+
+    @numba_njit
+    def windows(h, w):
+        return _windows(h, wh, sh, ph, ib, inc), _windows(w, ww, sw, pw, ib, inc)
+
+    return windows, mode
+
+
+@register_funcify_default_op_cache_key(Pool2d)
+def numba_funcify_Pool2d(op, node=None, **kwargs):
+    windows, mode = _pool_parts(op)
+
+    @numba_njit
+    def pool(x):
+        h, w = x.shape[-2], x.shape[-1]
+        rows, cols = windows(h, w)
+        n = _planes(x.size, h, w)
+        z3 = _pool_3d(np.ascontiguousarray(x).reshape((n, h, w)), rows, cols, mode)
+        return z3.reshape(x.shape[:-2] + (z3.shape[1], z3.shape[2]))
+
+    return pool, _VERSION
+
+
+@register_funcify_default_op_cache_key(Pool2dGrad)
+def numba_funcify_Pool2dGrad(op, node=None, **kwargs):
+    windows, mode = _pool_parts(op)
+
+    @numba_njit
+    def pool_grad(x, z, gz):
+        h, w = x.shape[-2], x.shape[-1]
+        oh, ow = z.shape[-2], z.shape[-1]
+        rows, cols = windows(h, w)
+        n = _planes(x.size, h, w)
+        gx3 = _pool_grad_3d(np.ascontiguousarray(x).reshape((n, h, w)),
+                            np.ascontiguousarray(z).reshape((n, oh, ow)),
+                            np.ascontiguousarray(gz).reshape((n, oh, ow)), rows, cols, mode)
+        return gx3.reshape(x.shape)
+
+    return pool_grad, _VERSION

@@ -1,94 +1,20 @@
 """Theano's ``theano.tensor.signal.pool.pool_2d``: pooling with any window, stride and padding.
 
 The tutorial's case (max over non-overlapping windows, no padding) is one
-:class:`~deeplearning_tutorials.nnet.pool.MaxPool2d` node. Every other case is
-a graph of PyTensor's own Ops: the input padded, one strided slice for each
-position in the window, and their maximum, sum or mean. Its gradient is
-therefore Theano's: a window's gradient goes to every input equal to the
+:class:`~deeplearning_tutorials.nnet.pool.MaxPool2d` node; every other case is
+one :class:`~deeplearning_tutorials.nnet.general_pool.Pool2d` node. Their
+gradients are Theano's: a window's gradient goes to every input equal to the
 window's maximum (ties included) and adds up where windows overlap; an average
 spreads it over the inputs it counted.
 """
 
 import warnings
 
-import numpy as np
-import pytensor.tensor as pt
-
 from deeplearning_tutorials.nnet.conv import int_pair
-from deeplearning_tutorials.nnet.pad import Pad2d
+from deeplearning_tutorials.nnet.general_pool import MODES, Pool2d, pool_output_length
 from deeplearning_tutorials.nnet.pool import MaxPool2d, as_pool_input
 
 __all__ = ["pool_2d", "pool_output_length"]
-
-MODES = ("max", "sum", "average_inc_pad", "average_exc_pad")
-
-
-def pool_output_length(size, ws, stride, pad, ignore_border):
-    """Outputs along one axis of ``size`` inputs (Theano's ``Pool.out_shape``).
-
-    Parameters
-    ----------
-    size, ws, stride, pad : int
-    ignore_border : bool
-
-    Returns
-    -------
-    int
-    """
-    n = size + 2 * pad
-    if ignore_border:
-        return n // stride if ws == stride else max((n - ws) // stride + 1, 0)
-    if stride >= ws:
-        return (n - 1) // stride + 1
-    return max((n - 1 - ws + stride) // stride, 0) + 1
-
-
-def _lowest(dtype):
-    dtype = np.dtype(dtype)
-    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
-
-
-def _windows_reduce(y, ws, stride, reduce):
-    """``reduce`` over the window positions of ``y``'s strided slices.
-
-    Port note: the slices end at constants counted from the end of ``y``
-    (whose extent was padded so they give Theano's number of windows) so that
-    JAX, which needs concrete slice bounds, traces the graph whatever static
-    shape ``y`` has.
-    """
-    slices = []
-    for i in range(ws[0]):
-        for j in range(ws[1]):
-            stops = [None if p == w - 1 else p - w + 1 for p, w in zip((i, j), ws)]
-            slices.append(y[..., i : stops[0] : stride[0], j : stops[1] : stride[1]])
-    return reduce(pt.stack(slices), axis=0)
-
-
-def _general_pool(x, ws, stride, pad, ignore_border, mode):
-    # the padded image; without ignore_border (where pad is 0) extended so that
-    # Theano's windows, which go on until one reaches the image's end, all fit
-    extend, at_least = (0, 0), (0, 0)
-    if not ignore_border:
-        extend = tuple(w - 1 if s >= w else s - 1 for w, s in zip(ws, stride))
-        at_least = tuple(w if s < w else 0 for w, s in zip(ws, stride))
-    after = (pad[0] + extend[0], pad[1] + extend[1])
-    if mode == "max":
-        y = Pad2d(pad, after, _lowest(x.dtype), at_least)(x)
-        return _windows_reduce(y, ws, stride, pt.max)
-    total = _windows_reduce(Pad2d(pad, after, 0, at_least)(x), ws, stride, pt.sum)
-    if mode == "sum":
-        return total
-    # an average divides by the inputs its window counted: the padded image's
-    # ('average_inc_pad') or the image's ('average_exc_pad'), never the extension
-    ones = pt.ones((x.shape[-2], x.shape[-1]), dtype=x.dtype)
-    if mode == "average_inc_pad":
-        counted = Pad2d((0, 0), extend, 0, at_least)(Pad2d(pad, pad, 1)(ones))
-    else:
-        counted = Pad2d(pad, after, 0, at_least)(ones)
-    count = _windows_reduce(counted, ws, stride, pt.sum)
-    if x.dtype.startswith("float"):
-        return total / count
-    return pt.cast(pt.trunc(total / count), x.dtype)
 
 
 def pool_2d(input, ws=None, ignore_border=None, stride=None, pad=(0, 0), mode="max", ds=None,
@@ -165,4 +91,4 @@ def pool(input, ws, ignore_border, stride=None, pad=(0, 0), mode="max"):
     x = as_pool_input(input)
     if mode == "max" and stride == ws and pad == (0, 0):
         return MaxPool2d(ws, bool(ignore_border))(x)
-    return _general_pool(x, ws, stride, pad, bool(ignore_border), mode)
+    return Pool2d(ws, stride, pad, bool(ignore_border), mode)(x)
