@@ -6,8 +6,9 @@
   ``conv.conv2d`` is :func:`.conv.conv2d`;
 * :func:`pool_2d` and :func:`max_pool_2d` -- the tutorial's max pooling of the last two
   axes over non-overlapping windows (every other pooling: :mod:`deeplearning_tutorials.signal`);
-* :func:`sigmoid`, :func:`softmax`, :func:`relu`, :func:`categorical_crossentropy`,
-  :func:`binary_crossentropy` -- Theano's ``nnet`` functions, on PyTensor's (:mod:`.nnet`).
+* :func:`sigmoid`, :func:`hard_sigmoid`, :func:`softplus`, :func:`softmax`, :func:`relu`,
+  :func:`categorical_crossentropy`, :func:`binary_crossentropy` -- Theano's ``nnet``
+  functions, on PyTensor's (:mod:`.nnet`).
 
 The Ops carry their own NumPy and C implementations. Their Numba (:mod:`.numba`)
 and JAX (:mod:`.jax`) implementations are registered with PyTensor's backends the
@@ -23,9 +24,11 @@ from deeplearning_tutorials.nnet.conv import Conv2d, Conv2dGradFilters, Conv2dGr
 from deeplearning_tutorials.nnet.nnet import (
     binary_crossentropy,
     categorical_crossentropy,
+    hard_sigmoid,
     relu,
     sigmoid,
     softmax,
+    softplus,
 )
 from deeplearning_tutorials.nnet.general_pool import Pool2d, Pool2dGrad
 from deeplearning_tutorials.nnet.pad import Crop2d, Pad2d
@@ -80,6 +83,8 @@ __all__ = [
     "pool_2d",
     "max_pool_2d",
     "sigmoid",
+    "hard_sigmoid",
+    "softplus",
     "softmax",
     "relu",
     "categorical_crossentropy",

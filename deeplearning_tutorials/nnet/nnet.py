@@ -1,6 +1,8 @@
 """The small functions of Theano's ``theano.tensor.nnet.nnet``, built on PyTensor.
 
 * :func:`sigmoid` -- the logistic function (PyTensor's ``sigmoid``);
+* :func:`hard_sigmoid` -- Theano's piecewise-linear sigmoid;
+* :func:`softplus` -- ``log(1 + exp(x))`` (PyTensor's ``softplus``);
 * :func:`softmax` -- row-wise softmax of a vector or a matrix (PyTensor's
   ``softmax`` over the last axis);
 * :func:`relu` -- Theano 1.0's rectifier, leaky with ``alpha``;
@@ -19,7 +21,8 @@ from pytensor.graph.basic import Variable
 from pytensor.tensor.special import softmax as _pt_softmax
 from pytensor.tensor.type import float_dtypes, integer_dtypes
 
-__all__ = ["sigmoid", "softmax", "relu", "categorical_crossentropy", "binary_crossentropy"]
+__all__ = ["sigmoid", "hard_sigmoid", "softplus", "softmax", "relu", "categorical_crossentropy",
+           "binary_crossentropy"]
 
 
 def sigmoid(x):
@@ -36,6 +39,36 @@ def sigmoid(x):
         Same shape as ``x``; integer inputs give floats, as in Theano.
     """
     return pt.sigmoid(x)
+
+
+def hard_sigmoid(x):
+    """Theano's ``hard_sigmoid``: ``clip(0.2 * x + 0.5, 0, 1)``, elementwise.
+
+    Parameters
+    ----------
+    x : tensor_like
+
+    Returns
+    -------
+    TensorVariable
+        Same shape as ``x``; 0.2 and 0.5 are Python numbers, so float32 stays float32.
+    """
+    return pt.clip(pt.as_tensor_variable(x) * 0.2 + 0.5, 0, 1)
+
+
+def softplus(x):
+    """``log(1 + exp(x))``, elementwise, computed without overflow (PyTensor's ``softplus``).
+
+    Parameters
+    ----------
+    x : tensor_like
+
+    Returns
+    -------
+    TensorVariable
+        Same shape as ``x``.
+    """
+    return pt.softplus(x)
 
 
 def softmax(c):

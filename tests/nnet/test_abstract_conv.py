@@ -22,7 +22,11 @@ from scipy.signal import convolve2d, correlate2d
 
 from deeplearning_tutorials.nnet import conv as legacy
 from deeplearning_tutorials.nnet import conv2d
-from deeplearning_tutorials.nnet.abstract_conv import get_conv_output_shape
+from deeplearning_tutorials.nnet.abstract_conv import (
+    conv2d_grad_wrt_inputs,
+    conv2d_grad_wrt_weights,
+    get_conv_output_shape,
+)
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
 pytestmark = pytest.mark.usefixtures("jax_x64")
@@ -133,6 +137,44 @@ def test_every_form_matches_scipy_with_gradients(mode, dtype, tol, case_data):
         scale = 1 + np.abs(z).max()
         for got, want in ((got_z, z), (got_gx, gx), (got_gw, gw)):
             np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, err_msg=str(case))
+
+
+@pytest.mark.parametrize("mode", [
+    "NUMBA", "CVM",
+    pytest.param("JAX", marks=pytest.mark.skipif(not HAS_JAX, reason="JAX is not installed")),
+])
+def test_the_gradients_as_functions_of_their_own(mode, case_data):
+    # strided cases, whose output sizes leave the input size open, and a dilated one
+    picks = [i for i, case in enumerate(CASES) if case[3] != (1, 1) or case[5] != (1, 1)][:4]
+    inputs, outputs, args = [], [], []
+    for i in picks:
+        xs, ws, bm, sub, flip, dil = CASES[i]
+        x, w, gz, _, gx, gw = case_data[i]
+        xv, wv, gv = pt.tensor4(f"x{i}"), pt.tensor4(f"w{i}"), pt.tensor4(f"g{i}")
+        kwargs = dict(border_mode=bm, subsample=sub, filter_flip=flip, filter_dilation=dil)
+        inputs += [xv, wv, gv]
+        outputs += [conv2d_grad_wrt_inputs(gv, wv, input_shape=xs, filter_shape=ws, **kwargs),
+                    conv2d_grad_wrt_weights(xv, gv, filter_shape=ws, **kwargs)]
+        args += [x, w, gz]
+    got = pytensor.function(inputs, outputs, mode=mode, on_unused_input="ignore")(*args)
+    for k, i in enumerate(picks):
+        *_, gx, gw = case_data[i]
+        assert got[2 * k].shape == CASES[i][0]
+        np.testing.assert_allclose(got[2 * k], gx, atol=1e-10, err_msg=str(CASES[i]))
+        np.testing.assert_allclose(got[2 * k + 1], gw, atol=1e-10, err_msg=str(CASES[i]))
+
+
+def test_the_input_gradient_takes_a_symbolic_input_shape():
+    rng = np.random.default_rng(8)
+    gz, w = rng.normal(size=(2, 4, 3, 3)), rng.normal(size=(4, 3, 3, 2))
+    gv, wv, n = pt.tensor4("g"), pt.tensor4("w"), pt.iscalar("n")
+    gx = conv2d_grad_wrt_inputs(gv, wv, input_shape=(2, 3, n, n), subsample=(2, 2))
+    got = pytensor.function([gv, wv, n], gx, mode="NUMBA")(gz, w, 6)
+    assert got.shape == (2, 3, 6, 6)
+    x = pt.tensor4("x")
+    want = pytensor.grad((conv2d(x, wv, subsample=(2, 2)) * gv).sum(), x)
+    np.testing.assert_allclose(got, pytensor.function([x, gv, wv], want, mode="NUMBA")(
+        np.zeros((2, 3, 6, 6)), gz, w), atol=1e-12)
 
 
 def test_verify_grad_on_strided_dilated_unflipped():

@@ -15,9 +15,11 @@ from pytensor.gradient import verify_grad
 from deeplearning_tutorials.nnet.nnet import (
     binary_crossentropy,
     categorical_crossentropy,
+    hard_sigmoid,
     relu,
     sigmoid,
     softmax,
+    softplus,
 )
 
 TOL = dict(rtol=1e-12, atol=1e-12)
@@ -48,6 +50,8 @@ def results(data):
     labels, alpha = pt.lvector("labels"), pt.dscalar("alpha")
     outputs = {
         "sigmoid": sigmoid(x),
+        "hard_sigmoid": hard_sigmoid(x),
+        "softplus": softplus(x * 100),
         "softmax": softmax(x),
         "softmax_vector": softmax(v),
         "relu": relu(x),
@@ -64,6 +68,16 @@ def results(data):
 
 def test_sigmoid(data, results):
     np.testing.assert_allclose(results[0]["sigmoid"], 1 / (1 + np.exp(-data["x"])), **TOL)
+
+
+def test_hard_sigmoid_is_theanos_line_clipped(data, results):
+    x = data["x"]
+    np.testing.assert_allclose(results[0]["hard_sigmoid"], np.clip(0.2 * x + 0.5, 0, 1), **TOL)
+    assert 0 < (np.abs(x) < 2.5).sum() < x.size  # inside and outside the clipped range
+
+
+def test_softplus_does_not_overflow(data, results):
+    np.testing.assert_allclose(results[0]["softplus"], np.logaddexp(0, data["x"] * 100), **TOL)
 
 
 def test_softmax_is_row_wise(data, results):
