@@ -6,7 +6,9 @@ Importing this package registers four modes with
 =============  ==============================================================
 ``DLT_NUMBA``  PyTensor's ``NUMBA`` mode (the programs' default)
 ``DLT_CVM``    PyTensor's ``CVM`` mode (C code per node, run by a C loop), with
-               matrix products through SciPy's BLAS (:mod:`.c`)
+               matrix products through SciPy's BLAS (:mod:`.c`), keeping each
+               node's arrays from one call to the next (PyTensor's
+               ``cvm_nogc`` linker)
 ``DLT_C``      PyTensor's ``C`` mode (the whole function as one C module,
                compiled without debugging information), with the same products
 ``DLT_JAX``    PyTensor's ``JAX`` mode with the minibatch slices of ``givens``
@@ -60,7 +62,11 @@ def _register():
     if "DLT_NUMBA" in predefined_modes:
         return
     register_mode("DLT_NUMBA", get_mode("NUMBA").clone())
-    register_mode("DLT_CVM", _c_mode("CVM"))
+    # Without garbage collection between nodes, each node's C code writes into
+    # the arrays of the previous call instead of new ones: a training step
+    # allocates (and the system zeroes) no fresh memory. It keeps the arrays
+    # of every node alive between calls, memory PyTensor would free.
+    register_mode("DLT_CVM", _c_mode("CVM", "cvm_nogc"))
     register_mode("DLT_C", _c_mode("C", WholeGraphCLinker()))
     register_mode("DLT_JAX", jax.jax_mode())
 
