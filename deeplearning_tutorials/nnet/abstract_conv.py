@@ -147,6 +147,13 @@ def conv2d_grad_wrt_inputs(output_grad, filters, input_shape, filter_shape=None,
     -------
     TensorVariable, shape ``input_shape``
         ``grad(sum(conv2d(input, filters, ...) * output_grad), input)``.
+
+    Notes
+    -----
+    With ``subsample`` and sizes not known when the graph is built (a
+    symbolic entry of ``input_shape``, or filters of unknown shape without
+    ``filter_shape``), the graph convolves zeros of ``input_shape`` to learn
+    the unstrided output's size; with ints and ``filter_shape`` it does not.
     """
     output_grad = pt.as_tensor_variable(output_grad)
     x = _placeholder(input_shape, output_grad.type.dtype)
