@@ -101,14 +101,9 @@ def case_data():
     return data
 
 
-def _case_indices(mode):
-    return range(len(CASES))
-
-
 def _compiled(mode, dtype):
     inputs, outputs = [], []
-    for i in _case_indices(mode):
-        shape, ws, st, pad, ib, pmode = CASES[i]
+    for i, (shape, ws, st, pad, ib, pmode) in enumerate(CASES):
         x = pt.tensor(f"x{i}", dtype=dtype, shape=(None,) * len(shape))
         gz = pt.tensor(f"g{i}", dtype=dtype, shape=(None,) * len(shape))
         z = pool_2d(x, ws=ws, ignore_border=ib, stride=st, pad=pad, mode=pmode)
@@ -127,10 +122,8 @@ def _compiled(mode, dtype):
 ])
 def test_every_form_matches_theanos_loops_with_gradients(mode, dtype, tol, case_data):
     fn = _compiled(mode, dtype)
-    indices = _case_indices(mode)
-    results = fn(*[a.astype(dtype) for i in indices for a in case_data[i][:2]])
-    for k, i in enumerate(indices):
-        case, (_, _, z, gx) = CASES[i], case_data[i]
+    results = fn(*[a.astype(dtype) for data in case_data for a in data[:2]])
+    for k, (case, (_, _, z, gx)) in enumerate(zip(CASES, case_data)):
         got_z, got_gx = results[2 * k], results[2 * k + 1]
         assert got_z.dtype == dtype
         assert got_z.shape == z.shape, case
