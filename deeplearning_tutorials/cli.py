@@ -211,14 +211,6 @@ def interrupted_message(checkpoint):
     return f"interrupted before the first checkpoint was written to {checkpoint}; nothing to resume"
 
 
-def _chain(exc):
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
 #: errors of a folder that cannot be written
 _UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
 
@@ -232,7 +224,7 @@ def compiledir_fault(exc):
     raises in its place), and PyTensor's own refusal of its ``compiledir`` flag
     when it is imported.
     """
-    for e in _chain(exc):
+    for e in training.exception_chain(exc):
         if isinstance(e, ValueError) and "compiledir" in str(e) and "permission" in str(e).lower():
             return (
                 f"PyTensor cannot use its compile directory ({e}); set "
@@ -246,7 +238,7 @@ def compiledir_fault(exc):
             folders.append(os.path.realpath(str(getattr(pytensor.config, flag))))
         except (ImportError, ValueError, AttributeError):  # PyTensor refuses the folder
             pass
-    for e in _chain(exc):
+    for e in training.exception_chain(exc):
         if not (isinstance(e, OSError) and e.errno in _UNWRITABLE and e.filename):
             continue
         path = os.path.realpath(os.fspath(e.filename))
@@ -363,7 +355,7 @@ def main(function, argv=None):
         # Only these are answered in one line; anything else is a bug to see whole.
         if training.interrupted(exc):
             return fail(prog, interrupted_message(checkpoint), 130)
-        if any(isinstance(e, MemoryError) for e in _chain(exc)):
+        if any(isinstance(e, MemoryError) for e in training.exception_chain(exc)):
             return fail(prog, memory_message(exc), 1)
         message = compiledir_fault(exc) or no_compiler_fault(exc) or jax_slice_fault(exc)
         if message is None:

@@ -959,13 +959,16 @@ def interrupted(exc):
     another exception (CPython's ``SystemError: ... returned a result with an
     exception set``) that holds it as its ``__cause__`` or ``__context__``.
     """
+    return any(isinstance(e, KeyboardInterrupt) for e in exception_chain(exc))
+
+
+def exception_chain(exc):
+    """``exc``, then its ``__cause__`` (or else ``__context__``), and so on, each once."""
     seen = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
-            return True
         seen.add(id(exc))
+        yield exc
         exc = exc.__cause__ or exc.__context__
-    return False
 
 
 class _InterruptGuard:
@@ -1035,11 +1038,8 @@ class _InterruptGuard:
         reported the interrupt, and a half-built one would print its failure
         after the one-line error.
         """
-        seen = set()
-        while exc is not None and id(exc) not in seen:
-            seen.add(id(exc))
-            traceback.clear_frames(exc.__traceback__)
-            exc = exc.__cause__ or exc.__context__
+        for e in exception_chain(exc):
+            traceback.clear_frames(e.__traceback__)
         gc.collect()
 
     def check(self):
