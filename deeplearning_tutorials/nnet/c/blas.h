@@ -6,6 +6,7 @@
 #define DLT_BLAS_H
 #include <string.h>
 #include <stdlib.h>
+#include <stdint.h>
 
 typedef void (*dlt_sgemm_t)(char*, char*, int*, int*, int*, float*, float*, int*,
                             float*, int*, float*, float*, int*);

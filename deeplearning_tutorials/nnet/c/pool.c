@@ -3,25 +3,47 @@
    planes are oh x ow: H / wh rounded down (ignore_border) or up (partial windows
    kept).  A NaN in a window makes its maximum NaN, as NumPy's max does. */
 
+/* max(a, b), NaN when either is NaN; two selects, which the compiler keeps
+   free of branches. */
+static inline DLT_T DLT_FN(dlt_max2)(DLT_T a, DLT_T b)
+{
+    const DLT_T m = a > b ? a : b;
+    return a != a ? a : m;
+}
+
+/* keep ? z : 0, with a bit mask: real data keeps one input in four at random,
+   which a branch would mispredict. */
+static inline DLT_T DLT_FN(dlt_keep)(int keep, DLT_T z)
+{
+    if (sizeof(DLT_T) == 4) {
+        uint32_t bits;
+        memcpy(&bits, &z, 4);
+        bits &= (uint32_t)0 - (uint32_t)keep;
+        memcpy(&z, &bits, 4);
+    } else {
+        uint64_t bits;
+        memcpy(&bits, &z, 8);
+        bits &= (uint64_t)0 - (uint64_t)keep;
+        memcpy(&z, &bits, 8);
+    }
+    return z;
+}
+
 static void DLT_FN(dlt_max_pool)(const DLT_T* x, DLT_T* out, long n, int H, int W, int wh,
                                  int ww, int oh, int ow)
 {
     long p;
     int i, j, u, v;
     if (wh == 2 && ww == 2 && 2 * oh <= H && 2 * ow <= W) {
-        /* Whole 2x2 windows (LeNet5's): selects the compiler vectorises. */
+        /* Whole 2x2 windows (LeNet5's), a select per pair: no branch to mispredict. */
         for (p = 0; p < n; ++p)
             for (i = 0; i < oh; ++i) {
                 const DLT_T* r0 = x + (p * H + 2 * i) * W;
                 const DLT_T* r1 = r0 + W;
                 DLT_T* o = out + (p * oh + i) * ow;
-                for (j = 0; j < ow; ++j) {
-                    DLT_T m = r0[2 * j], t = r0[2 * j + 1];
-                    m = t > m || t != t ? t : m;
-                    t = r1[2 * j]; m = t > m || t != t ? t : m;
-                    t = r1[2 * j + 1]; m = t > m || t != t ? t : m;
-                    o[j] = m;
-                }
+                for (j = 0; j < ow; ++j)
+                    o[j] = DLT_FN(dlt_max2)(DLT_FN(dlt_max2)(r0[2 * j], r0[2 * j + 1]),
+                                            DLT_FN(dlt_max2)(r1[2 * j], r1[2 * j + 1]));
             }
         return;
     }
@@ -44,9 +66,7 @@ static void DLT_FN(dlt_max_pool)(const DLT_T* x, DLT_T* out, long n, int H, int 
 
 /* gx (n, H, W): every input equal to its window's maximum gets the window's
    gradient (ties included, as Theano's MaxPoolGrad); the others, and the rows and
-   columns that no window covers, get zero.  Every element is written once, with
-   a select rather than a branch (real data takes it one time in four, at random,
-   which a branch would mispredict). */
+   columns that no window covers, get zero.  Every element is written once. */
 static void DLT_FN(dlt_max_pool_grad)(const DLT_T* x, const DLT_T* maxout, const DLT_T* gz,
                                       DLT_T* gx, long n, int H, int W, int wh, int ww, int oh,
                                       int ow)
@@ -54,6 +74,30 @@ static void DLT_FN(dlt_max_pool_grad)(const DLT_T* x, const DLT_T* maxout, const
     long p;
     int r, c, i, j;
     const int cols = ow * ww < W ? ow * ww : W;
+    if (wh == 2 && ww == 2 && 2 * oh <= H && 2 * ow <= W) {
+        /* Whole 2x2 windows: both rows of a window at once. */
+        for (p = 0; p < n; ++p) {
+            for (i = 0; i < oh; ++i) {
+                const DLT_T* x0 = x + (p * H + 2 * i) * W;
+                const DLT_T* x1 = x0 + W;
+                DLT_T* g0 = gx + (p * H + 2 * i) * W;
+                DLT_T* g1 = g0 + W;
+                const DLT_T* mr = maxout + (p * oh + i) * ow;
+                const DLT_T* zr = gz + (p * oh + i) * ow;
+                for (j = 0; j < ow; ++j) {
+                    const DLT_T m = mr[j], g = zr[j];
+                    g0[2 * j] = DLT_FN(dlt_keep)(x0[2 * j] == m, g);
+                    g0[2 * j + 1] = DLT_FN(dlt_keep)(x0[2 * j + 1] == m, g);
+                    g1[2 * j] = DLT_FN(dlt_keep)(x1[2 * j] == m, g);
+                    g1[2 * j + 1] = DLT_FN(dlt_keep)(x1[2 * j + 1] == m, g);
+                }
+                for (c = 2 * ow; c < W; ++c) g0[c] = g1[c] = 0;
+            }
+            if (2 * oh < H)
+                memset(gx + (p * H + 2 * oh) * W, 0, sizeof(DLT_T) * (long)(H - 2 * oh) * W);
+        }
+        return;
+    }
     for (p = 0; p < n; ++p)
         for (r = 0; r < H; ++r) {
             const DLT_T* xr = x + (p * H + r) * W;
@@ -66,15 +110,8 @@ static void DLT_FN(dlt_max_pool_grad)(const DLT_T* x, const DLT_T* maxout, const
             {
                 const DLT_T* mr = maxout + (p * oh + i) * ow;
                 const DLT_T* zr = gz + (p * oh + i) * ow;
-                if (ww == 2 && cols == 2 * ow)
-                    for (j = 0; j < ow; ++j) {
-                        const DLT_T m = mr[j], g = zr[j];
-                        gr[2 * j] = xr[2 * j] == m ? g : (DLT_T)0;
-                        gr[2 * j + 1] = xr[2 * j + 1] == m ? g : (DLT_T)0;
-                    }
-                else
-                    for (c = 0; c < cols; ++c)
-                        gr[c] = xr[c] == mr[c / ww] ? zr[c / ww] : (DLT_T)0;
+                for (c = 0; c < cols; ++c)
+                    gr[c] = DLT_FN(dlt_keep)(xr[c] == mr[c / ww], zr[c / ww]);
                 for (c = cols; c < W; ++c) gr[c] = 0;
             }
         }
