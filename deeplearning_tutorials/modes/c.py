@@ -115,7 +115,7 @@ class MatMul(COp):
         return [self(gz, y.T), self(x.T, gz)]
 
     def c_code_cache_version(self):
-        return (1,)
+        return (2,)
 
     def c_support_code(self, **kwargs):
         return c_support_code()

@@ -158,7 +158,7 @@ _C_TYPES = {"float32": "npy_float32", "float64": "npy_float64"}
 
 def c_support_code(*files):
     """``c/blas.h`` and one copy per C type of each file of ``c/`` named in ``files``."""
-    parts = [(_C_DIR / "blas.h").read_text()]
+    parts = [(_C_DIR / "blas.h").read_text(), (_C_DIR / "rows.h").read_text()]
     for name, ctype in (("float", "npy_float32"), ("double", "npy_float64")):
         parts.append(f"#define DLT_T {ctype}\n#define DLT_FN(f) f##_{name}")
         parts.extend((_C_DIR / f).read_text() for f in files)
@@ -221,7 +221,7 @@ class _ConvOpBase(COp):
     _c = None
 
     def c_code_cache_version(self):
-        return (5,)
+        return (6,)
 
     def c_support_code(self, **kwargs):
         return c_support_code("conv.c")

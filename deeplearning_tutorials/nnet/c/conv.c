@@ -33,15 +33,14 @@ static void DLT_FN(dlt_im2col)(const DLT_T* x, int b0, int nb, int C, int H, int
     const long P = (long)oh * ow, ncol = (long)nb * P;
     int b;
     for (b = 0; b < nb; ++b) {
-        int c, u, v, i, j;
+        int c, u, v, i;
         for (c = 0; c < C; ++c)
             for (u = 0; u < kh; ++u)
                 for (v = 0; v < kw; ++v) {
                     DLT_T* row = cols + ((long)(c * kh + u) * kw + v) * ncol + b * P;
-                    for (i = 0; i < oh; ++i) {
-                        const DLT_T* src = x + (((long)(b0 + b) * C + c) * H + i + u) * W + v;
-                        for (j = 0; j < ow; ++j) row[(long)i * ow + j] = src[j];
-                    }
+                    const DLT_T* src = x + (((long)(b0 + b) * C + c) * H + u) * W + v;
+                    for (i = 0; i < oh; ++i)
+                        DLT_FN(dlt_copy_row)(row + (long)i * ow, src + (long)i * W, ow);
                 }
     }
 }
@@ -55,16 +54,15 @@ static void DLT_FN(dlt_col2im)(const DLT_T* dcols, int b0, int nb, int C, int H,
     const long P = (long)oh * ow, ncol = (long)nb * P;
     int b;
     for (b = 0; b < nb; ++b) {
-        int c, u, v, i, j;
+        int c, u, v, i;
         memset(gx + (long)(b0 + b) * C * H * W, 0, sizeof(DLT_T) * (long)C * H * W);
         for (c = 0; c < C; ++c)
             for (u = 0; u < kh; ++u)
                 for (v = 0; v < kw; ++v) {
                     const DLT_T* row = dcols + ((long)(c * kh + u) * kw + v) * ncol + b * P;
-                    for (i = 0; i < oh; ++i) {
-                        DLT_T* dst = gx + (((long)(b0 + b) * C + c) * H + i + u) * W + v;
-                        for (j = 0; j < ow; ++j) dst[j] += row[(long)i * ow + j];
-                    }
+                    DLT_T* dst = gx + (((long)(b0 + b) * C + c) * H + u) * W + v;
+                    for (i = 0; i < oh; ++i)
+                        DLT_FN(dlt_add_row)(dst + (long)i * W, row + (long)i * ow, ow);
                 }
     }
 }
