@@ -3,7 +3,9 @@
 * :class:`MatMul` (SciPy's BLAS from C) against NumPy, for every memory layout its
   C code distinguishes (C-contiguous, transposed views, copies of anything else)
   and for empty operands;
-* the rewrites: matrix products become :class:`MatMul`, ``Softmax`` /
+* :class:`NumPyTanh` against ``numpy.tanh``, bit for bit, for any layout and the
+  special values;
+* the rewrites: matrix products become :class:`MatMul`, ``tanh`` :class:`NumPyTanh`, ``Softmax`` /
   ``LogSoftmax`` are inlined, the likelihood's pick ``log(p)[arange(n), y]`` and
   its gradient become flat takes, so the tutorials' graphs run entirely as C code
   (``DLT_CVM`` has no Python thunk, ``DLT_C`` compiles at all), with PyTensor's
@@ -25,7 +27,7 @@ from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
 
 import deeplearning_tutorials.modes  # noqa: F401 (registers the DLT_ modes)
 from deeplearning_tutorials.modes import WholeGraphCLinker
-from deeplearning_tutorials.modes.c import TAG, AdvancedIncSubtensor1, MatMul, matmul
+from deeplearning_tutorials.modes.c import TAG, AdvancedIncSubtensor1, MatMul, NumPyTanh, matmul
 
 DTYPES = ["float32", "float64"]
 RTOL = {"float32": 1e-5, "float64": 1e-12}
@@ -136,6 +138,65 @@ def test_matmul_gradient(mode):
     rng = np.random.default_rng(0)
     verify_grad(matmul, [rng.standard_normal((3, 4)), rng.standard_normal((4, 2))], rng=rng,
                 mode=mode)
+
+
+# ---------------------------------------------------------------------------
+# NumPyTanh
+# ---------------------------------------------------------------------------
+
+TANH_SPECIAL = [0.0, -0.0, 1e-30, -1e-8, 0.5, -3.0, 9.0, 20.0, -400.0, np.inf, -np.inf, np.nan]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["DLT_CVM", "DLT_C", "FAST_COMPILE"])
+def test_numpy_tanh_is_numpys_tanh_bit_for_bit(mode, dtype):
+    rng = np.random.default_rng(3)
+    x = pt.tensor("x", dtype=dtype, shape=(None, None, None))
+    # A transposed input (not contiguous), and a scalar tanh of its sum.
+    total = x.sum()
+    y, s = NumPyTanh()(x.transpose(2, 0, 1)), NumPyTanh()(total)
+    fn = pytensor.function([x], [y, s, total], mode=mode)
+    assert {type(n.op).__name__ for n in fn.maker.fgraph.apply_nodes} >= {"NumPyTanh"}
+    for xv in (rng.standard_normal((3, 4, 5)) * 4,
+               np.array(TANH_SPECIAL * 2).reshape(2, 3, 4), np.zeros((0, 2, 3))):
+        xv = xv.astype(dtype)
+        got_y, got_s, got_total = fn(xv)
+        for got, expected in ((got_y, np.tanh(xv.transpose(2, 0, 1))),
+                              (got_s, np.tanh(got_total))):
+            assert got.dtype == expected.dtype and got.shape == expected.shape
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_numpy_tanh_gradient():
+    verify_grad(NumPyTanh(), [np.random.default_rng(0).standard_normal((3, 4))],
+                rng=np.random.default_rng(1), mode="DLT_CVM")
+
+
+def test_numpy_tanh_refuses_integers():
+    with pytest.raises(TypeError, match="float32 or float64"):
+        NumPyTanh()(pt.ivector())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tanh_becomes_numpy_tanh_only_in_the_packages_c_modes(dtype):
+    x, b = pt.matrix("x", dtype=dtype), pt.vector("b", dtype=dtype)
+    out = pt.tanh(x + b)
+    gx = pytensor.grad(out.sum(), x)
+    xv = np.random.default_rng(2).standard_normal((6, 4)).astype(dtype)
+    bv = np.linspace(-1, 1, 4).astype(dtype)
+    for mode in C_MODES:
+        fn = pytensor.function([x, b], [out, gx], mode=mode)
+        ops = [node.op for node in fn.maker.fgraph.apply_nodes]
+        # One tanh, shared by the output and its gradient, and no other.
+        assert sum(isinstance(op, NumPyTanh) for op in ops) == 1, (mode, ops)
+        assert not [op for op in ops if "tanh" in str(op).lower() and not isinstance(op, NumPyTanh)]
+        got_out, got_gx = fn(xv, bv)
+        expected = np.tanh(xv + bv)
+        np.testing.assert_array_equal(got_out, expected)
+        np.testing.assert_allclose(got_gx, 1 - expected.astype("float64") ** 2, rtol=RTOL[dtype])
+    for mode in ("CVM", "NUMBA", "DLT_NUMBA"):
+        fn = pytensor.function([x, b], [out, gx], mode=mode)
+        assert "NumPyTanh" not in op_names(fn), mode
 
 
 # ---------------------------------------------------------------------------
