@@ -23,6 +23,24 @@ from deeplearning_tutorials import cli, training
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
 
+def sigint_by_default():
+    """In a child, before Python starts: SIGINT as an interactive shell leaves it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(autouse=True)
+def sigint_raises_keyboard_interrupt():
+    """These tests need SIGINT as Python sets it up when started from a terminal.
+
+    A test run launched with SIGINT ignored (a background job of a shell without
+    job control) hands the ignored signal down; a run that inherits it rightly
+    cannot be interrupted, which is not what these tests are about.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 class Shared:
     def __init__(self, value):
         self.value = np.array(value, dtype=float)
@@ -226,7 +244,7 @@ except KeyboardInterrupt:
 
 def test_a_finalizer_failing_after_an_interrupt_prints_nothing_after_the_error_line():
     run = subprocess.run([sys.executable, "-c", HALF_BUILT], env=ENV, capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, preexec_fn=sigint_by_default)
     assert run.returncode == 130, run.stderr
     # The finalizer that failed before the interrupt is still reported...
     assert "a finalizer failing before any interrupt" in run.stderr
@@ -249,6 +267,7 @@ def start(args, cwd, env=ENV):
     return subprocess.Popen(
         [sys.executable, "-m", "deeplearning_tutorials.mlp", *map(str, args)],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=sigint_by_default,
     )
 
 
