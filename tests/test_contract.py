@@ -22,6 +22,9 @@ import pytest
 
 PROBE = Path(__file__).with_name("_contract_probe.py")
 
+# Fresh processes, each compiling with empty caches.
+pytestmark = pytest.mark.slow
+
 
 def _probe(kind, compiledir):
     # Each process with its own empty compile directory (and Numba cache): code

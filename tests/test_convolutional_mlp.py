@@ -92,6 +92,7 @@ def test_initial_weights_follow_the_original_draws():
         assert not layer.b.get_value().any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_first_three_costs_equal_the_original_library(mnist_arrays, mode):
     with pytensor.config.change_flags(floatX="float64", mode=get_mode(mode)):
@@ -102,6 +103,7 @@ def test_first_three_costs_equal_the_original_library(mnist_arrays, mode):
     assert abs(costs[1] - TRUE_DIVISION_COSTS[1]) > 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("floatX, rtol", [("float64", 1e-12), ("float32", 1e-5)])
 def test_jax_gemm_convolutions_give_the_original_librarys_costs(mnist_arrays, monkeypatch, floatX, rtol):
     """The GPU's convolutions (im2col + GEMM), run here on the CPU."""
@@ -114,6 +116,7 @@ def test_jax_gemm_convolutions_give_the_original_librarys_costs(mnist_arrays, mo
     np.testing.assert_allclose(costs, ORIGINAL_FIRST_COSTS, rtol=rtol, atol=0)
 
 
+@pytest.mark.slow
 def test_backends_agree_after_a_few_steps(mnist_arrays):
     """Parameters and validation error after 4 steps agree across modes (float64)."""
     results = {}
@@ -134,6 +137,7 @@ def test_backends_agree_after_a_few_steps(mnist_arrays):
             np.testing.assert_allclose(p, q, rtol=1e-9, atol=1e-12, err_msg=mode)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_float32_first_costs_are_close_to_float64(mnist_arrays, mode):
     """float32 stays float32 on every backend and agrees with the float64 numbers."""
@@ -145,6 +149,7 @@ def test_float32_first_costs_are_close_to_float64(mnist_arrays, mode):
     np.testing.assert_allclose([float(c) for c in costs], ORIGINAL_FIRST_COSTS, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_short_real_training_run_learns(mnist_arrays):
     """100 SGD steps of LeNet5 on the first 5,000 real training images.
 

@@ -191,6 +191,7 @@ def test_real_pickle_needs_only_the_admitted_globals(mnist_pkl):
     assert needed <= set(datasets._ALLOWED_GLOBALS)
 
 
+@pytest.mark.slow
 def test_real_files_match_canonical_checksums(pkl_arrays, real_raw):
     for base, raw in real_raw.items():
         assert hashlib.md5(raw).hexdigest() == datasets.IDX_MD5[base]
@@ -270,6 +271,7 @@ def test_locate_unknown_or_missing(isolated, tmp_path):
 # ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_download_pkl(isolated, server, pkl_arrays):
     path = locate("mnist.pkl.gz", mirrors=[f"{server.url}/good/"])
     assert path == isolated.cache / "mnist.pkl.gz"
@@ -287,6 +289,7 @@ def test_download_idx_via_env_mirrors(isolated, server, idx_arrays, monkeypatch)
     _assert_same(load_arrays(folder), idx_arrays)
 
 
+@pytest.mark.slow
 def test_corrupt_first_mirror_then_good(isolated, server):
     start = len(server.requests)
     path = locate("mnist.pkl.gz", mirrors=[f"{server.url}/corrupt/", f"{server.url}/good/"])
@@ -624,6 +627,7 @@ def test_fetch_command_bad_format_exits_with_usage(tmp_path):
     assert result.returncode == 2 and "invalid choice" in result.stderr
 
 
+@pytest.mark.slow
 def test_fetch_keeps_a_genuine_file_without_downloading(tmp_path, mnist_pkl, refused):
     (tmp_path / "mnist.pkl.gz").symlink_to(mnist_pkl)
     assert datasets.fetch("pkl", tmp_path, mirrors=[refused]) == [tmp_path / "mnist.pkl.gz"]

@@ -160,6 +160,7 @@ def real_arrays(mnist_pkl):
     return load_arrays(mnist_pkl)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("protocol", [2, 5])
 def test_real_mnist_as_python3_pickle(tmp_path, real_arrays, protocol):
     # Uncompressed, to keep the test quick: the loader reads a pickle with or without gzip.

@@ -124,6 +124,7 @@ def pot_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES)
 def test_catalog_current(pot_dir, page):
     """Every message of the English page is translated: edit the prose, edit the .po."""
@@ -207,6 +208,7 @@ def build(args):
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("language", ["en", "zh_CN"])
 def test_build_without_warnings(tmp_path, language):
     args = ["-W", "--keep-going", "-b", "html", "-d", str(tmp_path / "doctrees")]
@@ -222,6 +224,7 @@ def test_build_without_warnings(tmp_path, language):
 # --------------------------------------------------------------------------- figures
 
 
+@pytest.mark.slow
 def test_make_figures(tmp_path):
     pytest.importorskip("matplotlib")
     rng = np.random.RandomState(0)

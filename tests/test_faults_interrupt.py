@@ -279,6 +279,7 @@ def last_line_only(err):
     return lines[-1]
 
 
+@pytest.mark.slow
 def test_sigint_while_training_under_numba_ends_in_one_line_with_130(mnist_pkl, tmp_path):
     ck = tmp_path / "ck.npz"
     run = start(["--dataset", mnist_pkl, "--subset", 5000, "--batch-size", 20, "--n-epochs", 50,
@@ -307,6 +308,7 @@ def test_sigint_while_training_under_numba_ends_in_one_line_with_130(mnist_pkl, 
     assert not (tmp_path / "ck.npz.lock").exists()
 
 
+@pytest.mark.slow
 def test_sigint_while_compiling_ends_in_one_line_with_130(mnist_pkl, tmp_path):
     # Compile directories of its own (PyTensor's and Numba's cache): a cold compile.
     # Under NUMBA a function compiles on its first call, after "... training".

@@ -245,6 +245,7 @@ def test_mode_c_without_a_c_compiler_is_one_line(mnist_pkl, tmp_path):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lesson", ["logistic_sgd", "convolutional_mlp"])
 def test_a_compile_directory_that_is_a_file_is_one_line_in_the_lessons(lesson, mnist_pkl, tmp_path):
     """The lessons' own programs: a base_compiledir PyTensor cannot create (Numba's cache too)."""

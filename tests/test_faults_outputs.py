@@ -206,6 +206,7 @@ def test_a_full_disk_while_training_is_one_line_and_keeps_the_previous_file(
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_checkpoint_in_use_is_refused_and_stale_temporaries_go(mnist_pkl, tmp_path):
     ck = tmp_path / "ck.npz"
     common = ["--dataset", str(mnist_pkl), "--subset", "3000", "--batch-size", "50",

@@ -114,6 +114,7 @@ def test_logistic_run_saves_best_and_predicts(small, tmp_path, monkeypatch, caps
     assert (predicted[:5] == small[2][1][:5]).sum() >= 3
 
 
+@pytest.mark.slow
 def test_programs_answer_help(tmp_path):
     for module in ("convolutional_mlp", "mlp", "logistic_sgd", "predict", "sweep"):
         proc = run_module(module, "--help", cwd=tmp_path, timeout=120)
@@ -126,6 +127,7 @@ def test_program_refuses_nonsense_with_exit_2(tmp_path):
     assert proc.stderr.count("\n") == 1 and "nkerns" in proc.stderr
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_bit_for_bit(mnist_pkl, tmp_path):
     # logistic regression, float64, 3000 examples in minibatches of 50:
     # 60 minibatches an epoch, a checkpoint after each epoch

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import pytensor
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "docs" / "examples"
@@ -34,6 +35,7 @@ def load(path):
 renames = load(EXAMPLES / "theano_renames.py")
 
 
+@pytest.mark.slow
 def test_example_trains_on_mnist(mnist_pkl, capsys):
     example = load(EXAMPLE)
     # PyTensor's default mode (Numba), as the docs run it

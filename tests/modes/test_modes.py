@@ -125,6 +125,7 @@ def _training_step(mode, conv):
     return train, validate, params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("conv", [False, True], ids=["logistic", "conv-pool-logistic"])
 def test_a_training_step_gives_the_same_numbers_in_every_mode(conv):
     results = {}
