@@ -6,9 +6,9 @@ Importing this package registers four modes with
 =============  ==============================================================
 ``DLT_NUMBA``  PyTensor's ``NUMBA`` mode (the programs' default)
 ``DLT_CVM``    PyTensor's ``CVM`` mode (C code per node, run by a C loop), with
-               matrix products through SciPy's BLAS (:mod:`.c`), keeping each
-               node's arrays from one call to the next (PyTensor's
-               ``cvm_nogc`` linker)
+               matrix products through SciPy's BLAS (:mod:`.c`), the
+               bookkeeping nodes in Python, keeping each node's arrays from
+               one call to the next (PyTensor's ``cvm_nogc`` linker)
 ``DLT_C``      PyTensor's ``C`` mode (the whole function as one C module,
                compiled without debugging information), with the same products
 ``DLT_JAX``    PyTensor's ``JAX`` mode with the minibatch slices of ``givens``
@@ -53,8 +53,8 @@ class WholeGraphCLinker(CLinker):
         return [*super().compile_args(), "-g0"]
 
 
-def _c_mode(name, linker=None):
-    mode = get_mode(name).including(c.TAG)
+def _c_mode(name, linker=None, *tags):
+    mode = get_mode(name).including(c.TAG, *tags)
     return mode if linker is None else Mode(linker, mode.provided_optimizer)
 
 
@@ -66,7 +66,7 @@ def _register():
     # the arrays of the previous call instead of new ones: a training step
     # allocates (and the system zeroes) no fresh memory. It keeps the arrays
     # of every node alive between calls, memory PyTensor would free.
-    register_mode("DLT_CVM", _c_mode("CVM", "cvm_nogc"))
+    register_mode("DLT_CVM", _c_mode("CVM", "cvm_nogc", c.CVM_TAG))
     register_mode("DLT_C", _c_mode("C", WholeGraphCLinker()))
     register_mode("DLT_JAX", jax.jax_mode())
 

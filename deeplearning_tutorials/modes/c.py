@@ -18,6 +18,11 @@ PyTensor's mode ``C`` cannot compile the tutorials' functions as they come, and
   from the C library's by up to a few units in the last place; float64 keeps
   the C library's, the original's.
 
+In ``DLT_CVM`` a last rewrite, under :data:`CVM_TAG`, runs the bookkeeping
+nodes (shapes, views, indexing, integer results) through their Ops' own
+``perform`` (:class:`PythonNode`): the CVM linker would compile a C module for
+each, about a third of a second apiece.
+
 The rewrites are registered under the package's own tag, :data:`TAG`, which only
 the package's C modes include; they give the same numbers as PyTensor's own
 nodes (the same sums in the same order, on the same BLAS as NumPy's products
@@ -30,14 +35,16 @@ from pytensor.compile import optdb
 from pytensor.compile.builders import OpFromGraph
 from pytensor.graph.basic import Apply
 from pytensor.graph.rewriting.basic import copy_stack_trace, dfs_rewriter, node_rewriter
+from pytensor.graph.op import Op
 from pytensor.link.c.op import COp
-from pytensor.raise_op import Assert
+from pytensor.raise_op import Assert, CheckAndRaise
 from pytensor.scalar.basic import Tanh
-from pytensor.tensor.elemwise import Elemwise
+from pytensor.tensor.basic import Alloc, ARange, MakeVector, ScalarFromTensor, TensorFromScalar
+from pytensor.tensor.elemwise import CAReduce, DimShuffle, Elemwise
 from pytensor.tensor.math import Dot
-from pytensor.tensor.shape import Shape_i
+from pytensor.tensor.shape import Reshape, Shape, Shape_i, SpecifyShape
 from pytensor.tensor.special import LogSoftmax, Softmax
-from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
+from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor, Subtensor
 
 try:  # PyTensor 3.0; later versions merged these into the Ops above, with C code.
     from pytensor.tensor.subtensor import AdvancedIncSubtensor1, AdvancedSubtensor1
@@ -46,7 +53,7 @@ except ImportError:
 
 from deeplearning_tutorials.nnet.conv import c_support_code, c_type_name
 
-__all__ = ["TAG", "MatMul", "matmul", "NumPyTanh", "numpy_tanh"]
+__all__ = ["TAG", "CVM_TAG", "MatMul", "matmul", "NumPyTanh", "numpy_tanh", "PythonNode"]
 
 #: The tag of the rewrites only the package's C modes run.
 TAG = "deeplearning_tutorials_c"
@@ -328,4 +335,97 @@ def local_numpy_tanh(fgraph, node):
 optdb.register(
     "deeplearning_tutorials_tanh", dfs_rewriter(local_numpy_tanh), TAG, position=48.8,
     use_db_name_as_tag=False,
+)
+
+
+# ---------------------------------------------------------------------------
+# DLT_CVM: bookkeeping nodes in Python
+# ---------------------------------------------------------------------------
+
+#: The tag of the rewrite only ``DLT_CVM`` runs.
+CVM_TAG = "deeplearning_tutorials_cvm"
+
+# Ops that only move or check shapes, views and indices: their ``perform`` costs
+# microseconds whatever the arrays, while compiling their C code costs a third of
+# a second each.
+_BOOKKEEPING = (Shape, Shape_i, ScalarFromTensor, TensorFromScalar, MakeVector, CheckAndRaise,
+                SpecifyShape, Reshape, DimShuffle, Subtensor, AdvancedSubtensor,
+                AdvancedIncSubtensor, ARange, Alloc)
+if AdvancedSubtensor1 is not None:
+    _BOOKKEEPING += (AdvancedSubtensor1, AdvancedIncSubtensor1)
+
+
+class PythonNode(Op):
+    """A node run through its Op's own ``perform`` instead of C code (``DLT_CVM``).
+
+    For a node whose work is bookkeeping (shapes, views, indexing, checks) or
+    whose results are integers or booleans, compiling C code costs far more
+    time than running it in Python ever does: the Op's ``perform`` gives the
+    same numbers, and the function compiles a C module less.  The wrapper keeps
+    the Op's view and destroy maps.
+    """
+
+    __props__ = ("op",)
+
+    def __init__(self, op):
+        self.op = op
+        self.view_map = op.view_map
+        self.destroy_map = op.destroy_map
+
+    def make_node(self, *inputs):
+        node = self.op.make_node(*inputs)
+        return Apply(self, node.inputs, [out.type() for out in node.outputs])
+
+    def _inner(self, node):
+        return Apply(self.op, list(node.inputs), [out.type() for out in node.outputs])
+
+    def make_thunk(self, node, storage_map, compute_map, no_recycling, impl=None):
+        inner = self._inner(node)
+        pairs = list(zip(node.inputs, inner.inputs)) + list(zip(node.outputs, inner.outputs))
+        storage = {new: storage_map[old] for old, new in pairs}
+        computed = {new: compute_map[old] for old, new in pairs}
+        return self.op.make_thunk(inner, storage, computed, no_recycling, impl="py")
+
+    def perform(self, node, inputs, output_storage):
+        inner = self._inner(node)
+        self.op.prepare_node(inner, None, None, "py")
+        self.op.perform(inner, inputs, output_storage)
+
+    def infer_shape(self, *args):
+        return self.op.infer_shape(*args)
+
+    def __str__(self):
+        return f"Python{{{self.op}}}"
+
+
+def _runs_in_python(node):
+    op = node.op
+    if isinstance(op, _BOOKKEEPING):
+        return True
+    if not isinstance(op, (Elemwise, CAReduce)):
+        return False
+    if not all(out.type.dtype.startswith(("int", "uint", "bool")) for out in node.outputs):
+        return False
+    # A reduction, a scalar, or one NumPy ufunc; a Composite of any size would
+    # run a Python function per element.
+    spec = getattr(op, "nfunc_spec", None)
+    return (isinstance(op, CAReduce) or all(out.type.ndim == 0 for out in node.outputs)
+            or (spec is not None and len(node.inputs) == spec[1]))
+
+
+@node_rewriter(None)
+def local_python_node(fgraph, node):
+    """Run a bookkeeping node through its Op's ``perform`` (:class:`PythonNode`)."""
+    if isinstance(node.op, PythonNode) or not _runs_in_python(node):
+        return None
+    new = Apply(PythonNode(node.op), list(node.inputs), [out.type() for out in node.outputs])
+    copy_stack_trace(node.outputs, new.outputs)
+    return new.outputs
+
+
+# Last, after the in-place rewrites and the final merge (100): no later rewrite
+# looks for the Ops it wraps.
+optdb.register(
+    "deeplearning_tutorials_python_nodes", dfs_rewriter(local_python_node), CVM_TAG,
+    position=100.5, use_db_name_as_tag=False,
 )

@@ -8,8 +8,9 @@
 * the rewrites: matrix products become :class:`MatMul`, ``tanh`` :class:`NumPyTanh`, ``Softmax`` /
   ``LogSoftmax`` are inlined, the likelihood's pick ``log(p)[arange(n), y]`` and
   its gradient become flat takes, so the tutorials' graphs run entirely as C code
-  (``DLT_CVM`` has no Python thunk, ``DLT_C`` compiles at all), with PyTensor's
-  NUMBA mode's numbers;
+  (``DLT_CVM`` has no Python thunk but the bookkeeping nodes it runs in Python on
+  purpose, ``DLT_C`` compiles at all), with PyTensor's NUMBA mode's numbers;
+* ``DLT_CVM``'s :class:`PythonNode` s: bookkeeping only, the same bits, fewer C modules;
 * PyTensor's own modes are left as they are.
 """
 
@@ -22,12 +23,14 @@ import pytest
 from pytensor.compile.mode import get_mode
 from pytensor.gradient import verify_grad
 from pytensor.link.c.basic import CLinker
+from pytensor.tensor.elemwise import CAReduce, Elemwise
 from pytensor.tensor.special import LogSoftmax, Softmax
 from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
 
 import deeplearning_tutorials.modes  # noqa: F401 (registers the DLT_ modes)
 from deeplearning_tutorials.modes import WholeGraphCLinker
-from deeplearning_tutorials.modes.c import TAG, AdvancedIncSubtensor1, MatMul, NumPyTanh, matmul
+from deeplearning_tutorials.modes.c import (CVM_TAG, TAG, AdvancedIncSubtensor1, MatMul, NumPyTanh,
+                                           PythonNode, matmul)
 
 DTYPES = ["float32", "float64"]
 RTOL = {"float32": 1e-5, "float64": 1e-12}
@@ -35,9 +38,10 @@ C_MODES = ["DLT_CVM", "DLT_C"]
 
 
 def python_thunk_nodes(fn):
-    """The nodes a VM function runs as Python thunks (no C code)."""
+    """The nodes a VM function runs as Python thunks for want of C code (the
+    bookkeeping nodes ``DLT_CVM`` runs in Python on purpose excepted)."""
     return [str(node) for node, thunk in zip(fn.vm.nodes, fn.vm.thunks)
-            if not hasattr(thunk, "cthunk")]
+            if not hasattr(thunk, "cthunk") and not isinstance(node.op, PythonNode)]
 
 
 def pair_indexing_nodes(fn):
@@ -236,6 +240,10 @@ def test_the_rewrites_are_registered_under_the_packages_tag_only():
         assert TAG in get_mode(mode).provided_optimizer.include, mode
     for mode in ("CVM", "C", "NUMBA", "JAX", "FAST_RUN", "DLT_NUMBA", "DLT_JAX"):
         assert TAG not in get_mode(mode).provided_optimizer.include, mode
+    # Python nodes only where the linker can mix them with C thunks.
+    for mode in ("CVM", "C", "NUMBA", "JAX", "FAST_RUN", "DLT_NUMBA", "DLT_JAX", "DLT_C"):
+        assert CVM_TAG not in get_mode(mode).provided_optimizer.include, mode
+    assert CVM_TAG in get_mode("DLT_CVM").provided_optimizer.include
 
 
 def _logistic_graph(dtype):
@@ -388,3 +396,60 @@ def test_mode_c_compiles_what_pytensors_own_c_mode_cannot():
         pass  # PyTensor 3.0: Softmax, the products and the picks have no C code
     else:  # pragma: no cover - a later PyTensor
         pytest.skip("this PyTensor's own C mode compiles the graph too")
+
+
+# ---------------------------------------------------------------------------
+# DLT_CVM's Python nodes
+# ---------------------------------------------------------------------------
+
+
+def _c_thunk_nodes(fn):
+    return [node for node, thunk in zip(fn.vm.nodes, fn.vm.thunks) if hasattr(thunk, "cthunk")]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cvm_runs_bookkeeping_nodes_in_python_with_the_same_bits(dtype):
+    inputs, outputs = _logistic_graph(dtype)
+    values = _logistic_values(dtype)
+    cvm = pytensor.function(inputs, outputs, mode="DLT_CVM")
+    all_c = pytensor.function(inputs, outputs, mode=get_mode("DLT_CVM").excluding(CVM_TAG))
+    wrapped = [node for node in cvm.maker.fgraph.apply_nodes if isinstance(node.op, PythonNode)]
+    # Shapes, views, indexing, checks and integer results: no float arithmetic.
+    names = {type(node.op.op).__name__ for node in wrapped}
+    assert {"Shape_i", "Reshape", "Assert", "ARange"} <= names, names
+    assert {"AdvancedIncSubtensor1", "AdvancedIncSubtensor"} & names, names
+    for node in wrapped:
+        if any(out.type.dtype.startswith("float") for out in node.outputs):
+            assert not isinstance(node.op.op, (Elemwise, CAReduce)), node
+    # Fewer C modules, the float work still in C, the same bits.
+    assert len(_c_thunk_nodes(cvm)) + len(wrapped) == len(_c_thunk_nodes(all_c))
+    assert len(_c_thunk_nodes(cvm)) < len(_c_thunk_nodes(all_c)) - 5
+    for got, ref in zip(cvm(*values), all_c(*values)):
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_cvm_python_nodes_keep_in_place_increments_and_checks():
+    x, rows, cols = pt.matrix("x"), pt.lvector("rows"), pt.lvector("cols")
+    y = pt.vector("y")
+    fn = pytensor.function([x, rows, cols, y], pt.inc_subtensor(x[rows, cols], y), mode="DLT_CVM")
+    ops = [node.op for node in fn.maker.fgraph.apply_nodes]
+    incs = [op for op in ops if isinstance(op, PythonNode)
+            and isinstance(op.op, AdvancedIncSubtensor1 or AdvancedIncSubtensor)]
+    assert incs and incs[0].destroy_map == incs[0].op.destroy_map
+    xv = np.arange(12.0).reshape(3, 4)
+    expected = xv.copy()
+    np.add.at(expected, (PAIRS[0][:3], PAIRS[1][:3]), [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(fn(xv, PAIRS[0][:3], PAIRS[1][:3], [1.0, 2.0, 3.0]), expected)
+    # Repeated pairs add up, and the bounds checks (Python nodes) still refuse.
+    np.testing.assert_array_equal(fn(xv, [0, 0], [1, 1], [1.0, 2.0])[0, 1], xv[0, 1] + 3.0)
+    with pytest.raises(AssertionError, match="out of bounds"):
+        fn(xv, [3], [0], [1.0])
+
+
+def test_python_node_reports_its_op():
+    node = PythonNode(pt.basic.MakeVector("int64"))
+    assert str(node) == "Python{MakeVector{dtype='int64'}}"
+    a, b = pt.lscalar("a"), pt.lscalar("b")
+    # Any linker can run it through perform.
+    fn = pytensor.function([a, b], node(a, b), mode=get_mode("FAST_COMPILE"))
+    np.testing.assert_array_equal(fn(2, 3), [2, 3])
