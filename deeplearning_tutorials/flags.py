@@ -10,9 +10,11 @@ PyTensor 3.0.7 needs for ``softmax``, whose inner graph compiles with the global
 default mode whatever ``function(mode=...)`` says.
 """
 
+import contextlib
 import functools
 import importlib.util
 import inspect
+import warnings
 
 import pytensor
 from pytensor.compile.mode import get_mode
@@ -55,10 +57,11 @@ def with_flags(function):
 
     @functools.wraps(function)
     def wrapper(*args, mode=None, floatX=None, **kwargs):
-        flags = {"mode": get_mode(check_mode(mode) or DEFAULT_MODE)}
+        name = check_mode(mode) or DEFAULT_MODE
+        flags = {"mode": get_mode(name)}
         if check_floatX(floatX) is not None:
             flags["floatX"] = floatX
-        with pytensor.config.change_flags(**flags):
+        with pytensor.config.change_flags(**flags), _quiet_about_blas(name):
             return function(*args, **kwargs)
 
     signature = inspect.signature(function)
@@ -70,6 +73,22 @@ def with_flags(function):
         parameters=list(signature.parameters.values()) + extra
     )
     return wrapper
+
+
+@contextlib.contextmanager
+def _quiet_about_blas(mode):
+    """In the package's C modes, silence PyTensor's warning that it found no BLAS.
+
+    A pip-installed PyTensor warns, at its first C compilation, that products
+    will be slow; in ``DLT_CVM`` and ``DLT_C`` they go through SciPy's BLAS
+    (:class:`~deeplearning_tutorials.modes.c.MatMul`), so the warning is wrong
+    there.  PyTensor's own modes keep it.  The filters are restored on exit.
+    """
+    with warnings.catch_warnings():
+        if mode in ("DLT_CVM", "DLT_C"):
+            warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS",
+                                    category=UserWarning)
+        yield
 
 
 def mode_name():

@@ -18,6 +18,33 @@ MNIST_ENV = "DEEPLEARNING_TUTORIALS_MNIST"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def _own_compiledir_per_worker():
+    """Under pytest-xdist (``-n``), give each worker a PyTensor cache of its own,
+    and one BLAS thread.
+
+    PyTensor holds its cache's lock while the compiler runs: workers sharing one
+    cache would compile one at a time.  Runs before any test module imports
+    PyTensor or NumPy, which read these once.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    flags = [flag for flag in os.environ.get("PYTENSOR_FLAGS", "").split(",") if flag]
+    base = Path("~/.pytensor").expanduser()
+    for flag in flags:
+        if flag.startswith("base_compiledir="):
+            base = Path(flag.split("=", 1)[1])
+    flags = [flag for flag in flags if not flag.startswith("base_compiledir=")]
+    flags.append(f"base_compiledir={base / ('xdist-' + worker)}")
+    os.environ["PYTENSOR_FLAGS"] = ",".join(flags)
+    # One BLAS thread per worker: the workers already fill the cores, and
+    # OpenBLAS threads waiting for work would take turns with the other workers.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+_own_compiledir_per_worker()
+
+
 def _missing(what):
     message = (
         f"real MNIST not found ({what}); set ${MNIST_ENV} to the folder holding the IDX files"

@@ -191,7 +191,7 @@ def test_a_full_disk_while_training_is_one_line_and_keeps_the_previous_file(
     before = out.read_bytes()
     # float64 logistic regression: 784 x 10 weights, 62 KiB, more than the room left
     argv = ["--dataset", str(mnist_pkl), "--subset", "200", "--batch-size", "100",
-            "--n-epochs", "1", "--floatX", "float64", "--mode", "CVM", "--quiet",
+            "--n-epochs", "1", "--floatX", "float64", "--mode", "DLT_CVM", "--quiet",
             "--save-best", "none", option, str(out)]
     assert cli.main(logistic_sgd.sgd_optimization_mnist, argv) == 1
     err = one_line(capsys.readouterr().err)

@@ -115,6 +115,15 @@ def test_logistic_run_saves_best_and_predicts(small, tmp_path, monkeypatch, caps
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode,warns", [("DLT_CVM", False), ("DLT_C", False), ("CVM", True)])
+def test_the_package_c_modes_do_not_warn_that_products_lack_blas(mnist_pkl, tmp_path, mode, warns):
+    # A fresh process: PyTensor warns once, at its first C compilation.
+    proc = run_module("logistic_sgd", "--dataset", mnist_pkl, "--subset", "200", "--batch-size",
+                      "100", "--n-epochs", "1", "--mode", mode, "--save", "none", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert ("could not link to a BLAS" in proc.stderr) == warns, proc.stderr
+
+
 def test_programs_answer_help(tmp_path):
     for module in ("convolutional_mlp", "mlp", "logistic_sgd", "predict", "sweep"):
         proc = run_module(module, "--help", cwd=tmp_path, timeout=120)

@@ -406,11 +406,11 @@ def _runs_in_python(node):
         return False
     if not all(out.type.dtype.startswith(("int", "uint", "bool")) for out in node.outputs):
         return False
-    # A reduction, a scalar, or one NumPy ufunc; a Composite of any size would
-    # run a Python function per element.
+    # A reduction or one NumPy ufunc.  Not a Composite: its ``perform`` runs the
+    # scalar ops' Python code per element, slowly, and on Python integers, which
+    # NumPy 2 refuses to cast into a small integer type where C wraps around.
     spec = getattr(op, "nfunc_spec", None)
-    return (isinstance(op, CAReduce) or all(out.type.ndim == 0 for out in node.outputs)
-            or (spec is not None and len(node.inputs) == spec[1]))
+    return isinstance(op, CAReduce) or (spec is not None and len(node.inputs) == spec[1])
 
 
 @node_rewriter(None)

@@ -453,3 +453,21 @@ def test_python_node_reports_its_op():
     # Any linker can run it through perform.
     fn = pytensor.function([a, b], node(a, b), mode=get_mode("FAST_COMPILE"))
     np.testing.assert_array_equal(fn(2, 3), [2, 3])
+
+
+def test_cvm_python_nodes_leave_small_integer_arithmetic_to_c():
+    # The minibatch slice's bounds are scalar integer Composites with int8
+    # constants: their Python code refuses index 255 (NumPy 2 casts no Python
+    # integer out of int8's range), where C wraps around as PyTensor means it to.
+    i = pt.lscalar("i")
+    xs = pytensor.shared(np.arange(50000 * 3, dtype="float64").reshape(50000, 3))
+    W = pytensor.shared(np.ones((3, 2)))
+    cost = pt.sum(pt.dot(xs[i * 20:(i + 1) * 20], W) ** 2)
+    outputs = [cost, pytensor.grad(cost, W)]
+    cvm = pytensor.function([i], outputs, mode="DLT_CVM")
+    all_c = pytensor.function([i], outputs, mode=get_mode("DLT_CVM").excluding(CVM_TAG))
+    for index in (0, 127, 255, 2499):
+        for got, ref in zip(cvm(index), all_c(index)):
+            np.testing.assert_array_equal(got, ref)
+    assert not [node for node in cvm.maker.fgraph.apply_nodes
+                if isinstance(node.op, PythonNode) and "Composite" in str(node.op)]
