@@ -130,7 +130,7 @@ class MatMul(COp):
         return [self(gz, y.T), self(x.T, gz)]
 
     def c_code_cache_version(self):
-        return (2,)
+        return (3,)
 
     def c_support_code(self, **kwargs):
         return c_support_code()

@@ -74,11 +74,11 @@ static void* dlt_scratch(int slot, size_t bytes)
     return dlt_scratch_ptr[slot];
 }
 
-/* Images per chunk, so that a chunk's column matrix holds about 2**18 elements (1 or
-   2 MB, which stay in the second-level cache while the GEMM reads them). */
-static int dlt_chunk(int batch, long per_image)
+/* Images per chunk, so that a chunk's column matrix holds about `elements`
+   elements, which stay in the second-level cache while the GEMM reads them. */
+static int dlt_chunk(int batch, long per_image, long elements)
 {
-    long c = (1L << 18) / (per_image < 1 ? 1 : per_image);
+    long c = elements / (per_image < 1 ? 1 : per_image);
     if (c < 1) c = 1;
     if (c > batch) c = batch;
     return (int)c;
