@@ -1,7 +1,9 @@
 /* Max pooling over non-overlapping wh x ww windows of n planes of H x W, and
    Theano's gradient of it, for one C type (DLT_T, DLT_FN as in conv.c).  Output
    planes are oh x ow: H / wh rounded down (ignore_border) or up (partial windows
-   kept).  A NaN in a window makes its maximum NaN, as NumPy's max does. */
+   kept).  A NaN in a window makes its maximum NaN, as NumPy's max does.  Outputs
+   never share memory with inputs (__restrict__: the compiler need not reload an
+   input after each store). */
 
 /* max(a, b), NaN when either is NaN; two selects, which the compiler keeps
    free of branches. */
@@ -29,8 +31,8 @@ static inline DLT_T DLT_FN(dlt_keep)(int keep, DLT_T z)
     return z;
 }
 
-static void DLT_FN(dlt_max_pool)(const DLT_T* x, DLT_T* out, long n, int H, int W, int wh,
-                                 int ww, int oh, int ow)
+static void DLT_FN(dlt_max_pool)(const DLT_T* __restrict__ x, DLT_T* __restrict__ out, long n,
+                                 int H, int W, int wh, int ww, int oh, int ow)
 {
     long p;
     int i, j, u, v;
@@ -67,9 +69,10 @@ static void DLT_FN(dlt_max_pool)(const DLT_T* x, DLT_T* out, long n, int H, int 
 /* gx (n, H, W): every input equal to its window's maximum gets the window's
    gradient (ties included, as Theano's MaxPoolGrad); the others, and the rows and
    columns that no window covers, get zero.  Every element is written once. */
-static void DLT_FN(dlt_max_pool_grad)(const DLT_T* x, const DLT_T* maxout, const DLT_T* gz,
-                                      DLT_T* gx, long n, int H, int W, int wh, int ww, int oh,
-                                      int ow)
+static void DLT_FN(dlt_max_pool_grad)(const DLT_T* __restrict__ x,
+                                      const DLT_T* __restrict__ maxout,
+                                      const DLT_T* __restrict__ gz, DLT_T* __restrict__ gx,
+                                      long n, int H, int W, int wh, int ww, int oh, int ow)
 {
     long p;
     int r, c, i, j;
