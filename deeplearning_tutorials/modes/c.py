@@ -355,6 +355,11 @@ if AdvancedSubtensor1 is not None:
     _BOOKKEEPING += (AdvancedSubtensor1, AdvancedIncSubtensor1)
 
 
+def _apply_like(op, node):
+    """``op`` applied to ``node``'s inputs, with fresh outputs of ``node``'s types."""
+    return Apply(op, list(node.inputs), [out.type() for out in node.outputs])
+
+
 class PythonNode(Op):
     """A node run through its Op's own ``perform`` instead of C code (``DLT_CVM``).
 
@@ -376,18 +381,15 @@ class PythonNode(Op):
         node = self.op.make_node(*inputs)
         return Apply(self, node.inputs, [out.type() for out in node.outputs])
 
-    def _inner(self, node):
-        return Apply(self.op, list(node.inputs), [out.type() for out in node.outputs])
-
     def make_thunk(self, node, storage_map, compute_map, no_recycling, impl=None):
-        inner = self._inner(node)
+        inner = _apply_like(self.op, node)
         pairs = list(zip(node.inputs, inner.inputs)) + list(zip(node.outputs, inner.outputs))
         storage = {new: storage_map[old] for old, new in pairs}
         computed = {new: compute_map[old] for old, new in pairs}
         return self.op.make_thunk(inner, storage, computed, no_recycling, impl="py")
 
     def perform(self, node, inputs, output_storage):
-        inner = self._inner(node)
+        inner = _apply_like(self.op, node)
         self.op.prepare_node(inner, None, None, "py")
         self.op.perform(inner, inputs, output_storage)
 
@@ -418,7 +420,7 @@ def local_python_node(fgraph, node):
     """Run a bookkeeping node through its Op's ``perform`` (:class:`PythonNode`)."""
     if isinstance(node.op, PythonNode) or not _runs_in_python(node):
         return None
-    new = Apply(PythonNode(node.op), list(node.inputs), [out.type() for out in node.outputs])
+    new = _apply_like(PythonNode(node.op), node)
     copy_stack_trace(node.outputs, new.outputs)
     return new.outputs
 

@@ -18,11 +18,8 @@
    gradient, which sums over the images chunk by chunk, was no faster with it and
    keeps 2**18.  On LeNet5's layers the results do not depend on the chunk; on
    other shapes BLAS may order a product's sums differently. */
-#ifndef DLT_CHUNKS_DEFINED
-#define DLT_CHUNKS_DEFINED
 #define DLT_CHUNK (1L << 17)
 #define DLT_CHUNK_GW (1L << 18)
-#endif
 
 /* w (F, C, kh, kw) -> wf (F, K), flipped in both spatial axes. */
 static void DLT_FN(dlt_flip)(const DLT_T* w, int F, int C, int kh, int kw, DLT_T* wf)
