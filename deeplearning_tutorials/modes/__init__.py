@@ -67,7 +67,7 @@ def _register():
     # allocates (and the system zeroes) no fresh memory. It keeps the arrays
     # of every node alive between calls, memory PyTensor would free.
     register_mode("DLT_CVM", _c_mode("CVM", "cvm_nogc", c.CVM_TAG))
-    register_mode("DLT_C", _c_mode("C", WholeGraphCLinker()))
+    register_mode("DLT_C", _c_mode("C", WholeGraphCLinker(), c.C_TAG))
     register_mode("DLT_JAX", jax.jax_mode())
 
 

@@ -38,10 +38,10 @@ from pytensor.graph.rewriting.basic import copy_stack_trace, dfs_rewriter, node_
 from pytensor.graph.op import Op
 from pytensor.link.c.op import COp
 from pytensor.raise_op import Assert, CheckAndRaise
-from pytensor.scalar.basic import Tanh
+from pytensor.scalar.basic import Add, Maximum, Minimum, Mul, Neg, Sub, Tanh, TrueDiv
 from pytensor.tensor.basic import Alloc, ARange, MakeVector, ScalarFromTensor, TensorFromScalar
 from pytensor.tensor.elemwise import CAReduce, DimShuffle, Elemwise
-from pytensor.tensor.math import Dot
+from pytensor.tensor.math import Argmax, Dot
 from pytensor.tensor.shape import Reshape, Shape, Shape_i, SpecifyShape
 from pytensor.tensor.special import LogSoftmax, Softmax
 from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor, Subtensor
@@ -53,10 +53,14 @@ except ImportError:
 
 from deeplearning_tutorials.nnet.conv import c_support_code, c_type_name
 
-__all__ = ["TAG", "CVM_TAG", "MatMul", "matmul", "NumPyTanh", "numpy_tanh", "PythonNode"]
+__all__ = ["TAG", "C_TAG", "CVM_TAG", "MatMul", "matmul", "NumPyTanh", "numpy_tanh", "NumPySum",
+           "PythonNode"]
 
 #: The tag of the rewrites only the package's C modes run.
 TAG = "deeplearning_tutorials_c"
+#: The tag of the rewrites only ``DLT_C`` runs: its whole-graph C module needs C
+#: code for every node, where ``DLT_CVM`` runs a node without it in Python.
+C_TAG = "deeplearning_tutorials_whole_c"
 
 _C_CODE = """
 {
@@ -240,24 +244,33 @@ optdb["specialize"].register("deeplearning_tutorials_inline_softmax", local_inli
 # After ``specialize``, so that no later simplification folds the explicit
 # broadcast of the gradient's ``y`` back into a broadcastable one.
 optdb.register(
-    "deeplearning_tutorials_pair_indexing", dfs_rewriter(local_pair_indexing), TAG, position=48.7,
+    "deeplearning_tutorials_pair_indexing", dfs_rewriter(local_pair_indexing), C_TAG, position=48.7,
     use_db_name_as_tag=False,
 )
 
 
 _TANH_SUPPORT_CODE = """
-static PyObject* dlt_tanh_ufunc = NULL;
+static PyObject *dlt_tanh_ufunc = NULL, *dlt_add_ufunc = NULL;
 
-/* z = numpy.tanh(x, z); 0, or -1 with a Python exception set. */
-static int dlt_numpy_tanh(PyArrayObject* x, PyArrayObject* z)
+/* z = numpy.tanh(x, z), or numpy.tanh(numpy.add(x, b, z), z) when b is not NULL;
+   0, or -1 with a Python exception set. */
+static int dlt_numpy_tanh(PyArrayObject* x, PyArrayObject* b, PyArrayObject* z)
 {
     PyObject* result;
     if (dlt_tanh_ufunc == NULL) {
         PyObject* numpy = PyImport_ImportModule("numpy");
         if (numpy == NULL) return -1;
         dlt_tanh_ufunc = PyObject_GetAttrString(numpy, "tanh");
+        dlt_add_ufunc = PyObject_GetAttrString(numpy, "add");
         Py_DECREF(numpy);
-        if (dlt_tanh_ufunc == NULL) return -1;
+        if (dlt_tanh_ufunc == NULL || dlt_add_ufunc == NULL) return -1;
+    }
+    if (b != NULL) {
+        result = PyObject_CallFunctionObjArgs(dlt_add_ufunc, (PyObject*)x, (PyObject*)b,
+                                              (PyObject*)z, NULL);
+        if (result == NULL) return -1;
+        Py_DECREF(result);
+        x = z;
     }
     result = PyObject_CallFunctionObjArgs(dlt_tanh_ufunc, (PyObject*)x, (PyObject*)z, NULL);
     if (result == NULL) return -1;
@@ -276,24 +289,44 @@ _TANH_C_CODE = """
                                               %(typenum)s, 0);
         if (%(z)s == NULL) { %(fail)s }
     }
-    if (dlt_numpy_tanh(%(x)s, %(z)s) != 0) { %(fail)s }
+    if (dlt_numpy_tanh(%(x)s, %(b)s, %(z)s) != 0) { %(fail)s }
 }
 """
 
 
 class NumPyTanh(COp):
-    """``tanh`` of a float32 or float64 tensor, computed by NumPy's ``tanh`` ufunc."""
+    """``tanh(x)``, or ``tanh(x + b)``, of float32 or float64 tensors, computed by NumPy.
+
+    With a second input ``b`` (of ``x``'s dtype and number of dimensions, its
+    broadcastable dimensions repeated over ``x``'s) NumPy's ``add`` writes
+    ``x + b`` into the output, and ``tanh`` takes it from there in place: the
+    sum and the ``tanh`` in one pass over memory less, with the same numbers as
+    ``tanh`` of PyTensor's ``Add`` (one rounding of each sum).
+    """
 
     __props__ = ()
 
-    def make_node(self, x):
+    def make_node(self, x, b=None):
         x = pt.as_tensor_variable(x)
-        if x.type.dtype not in ("float32", "float64"):
-            raise TypeError(f"NumPyTanh: a float32 or float64 tensor is needed, got {x.type}")
-        return Apply(self, [x], [x.type()])
+        inputs = [x] if b is None else [x, pt.as_tensor_variable(b)]
+        for v in inputs:
+            if v.type.dtype not in ("float32", "float64") or v.type.dtype != x.type.dtype:
+                raise TypeError(f"NumPyTanh: float32 or float64 tensors of one dtype are needed, "
+                                f"got {[str(v.type) for v in inputs]}")
+        if b is not None and (inputs[1].type.ndim != x.type.ndim or any(
+                sb != 1 and sx != sb for sx, sb in zip(x.type.shape, inputs[1].type.shape)
+                if sb is not None and sx is not None)):
+            raise TypeError(f"NumPyTanh: a bias {inputs[1].type} that does not fit {x.type}")
+        return Apply(self, inputs, [x.type()])
 
     def perform(self, node, inputs, output_storage):
-        output_storage[0][0] = np.tanh(inputs[0])
+        x = inputs[0]
+        z = output_storage[0][0]
+        if z is None or z.shape != x.shape:
+            z = np.empty(x.shape, dtype=x.dtype)
+        if len(inputs) == 2:
+            x = np.add(x, inputs[1], out=z)
+        output_storage[0][0] = np.tanh(x, out=z)
 
     def infer_shape(self, *args):
         # PyTensor 3.0 passes (fgraph, node, shapes); later versions (node, shapes).
@@ -301,32 +334,61 @@ class NumPyTanh(COp):
 
     def pullback(self, inputs, outputs, output_grads):
         (y,), (gz,) = outputs, output_grads
-        return [gz * (1 - pt.sqr(y))]
+        g = gz * (1 - pt.sqr(y))
+        if len(inputs) == 1:
+            return [g]
+        x, b = inputs
+        axes = [i for i, (sb, sx) in enumerate(zip(b.type.shape, x.type.shape)) if sb == 1 != sx]
+        return [g, pt.sum(g, axis=axes, keepdims=True) if axes else g]
 
     def c_code_cache_version(self):
-        return (1,)
+        return (2,)
 
     def c_support_code(self, **kwargs):
         return _TANH_SUPPORT_CODE
 
     def c_code(self, node, name, inputs, outputs, sub):
         dtype = node.outputs[0].dtype
-        return _TANH_C_CODE % dict(x=inputs[0], z=outputs[0], fail=sub["fail"],
-                                   typenum=f"NPY_{dtype.upper()}")
+        return _TANH_C_CODE % dict(x=inputs[0], b=inputs[1] if len(inputs) == 2 else "NULL",
+                                   z=outputs[0], fail=sub["fail"], typenum=f"NPY_{dtype.upper()}")
 
 
 numpy_tanh = NumPyTanh()
 
 
+def _tanh_bias(fgraph, x):
+    """``(a, b)`` when ``x`` is ``a + b`` of two float32 tensors that only this
+    ``tanh`` reads, ``a`` of the sum's type and ``b`` broadcast over it; else None."""
+    node = x.owner
+    if (node is None or not isinstance(node.op, Elemwise) or not isinstance(node.op.scalar_op, Add)
+            or len(node.inputs) != 2 or len(fgraph.clients[x]) != 1):
+        return None
+    a, b = node.inputs
+    if a.type != x.type:
+        a, b = b, a
+    if a.type != x.type or b.type.dtype != x.type.dtype or b.type.ndim != x.type.ndim:
+        return None
+    return a, b
+
+
 @node_rewriter([Elemwise])
 def local_numpy_tanh(fgraph, node):
-    """``tanh(x)`` of a float32 tensor -> :class:`NumPyTanh`."""
+    """``tanh(x)`` of a float32 tensor -> :class:`NumPyTanh`; ``tanh(a + b)``
+    (a bias added to a layer's output, maybe reshaped between) -> ``NumPyTanh(a, b)``."""
     if not isinstance(node.op.scalar_op, Tanh):
         return None
     (x,), (out,) = node.inputs, node.outputs
     if x.type != out.type or out.type.dtype != "float32":
         return None
-    new = numpy_tanh(x)
+    reshape = x.owner if x.owner is not None and isinstance(x.owner.op, Reshape) else None
+    if reshape is not None and len(fgraph.clients[x]) == 1:
+        pair = _tanh_bias(fgraph, reshape.inputs[0])
+        new = None if pair is None else reshape.op(numpy_tanh(*pair), *reshape.inputs[1:])
+    else:
+        pair = _tanh_bias(fgraph, x)
+        new = None if pair is None else numpy_tanh(*pair)
+    if new is None or new.type != out.type:
+        new = numpy_tanh(x)
     copy_stack_trace(out, new)
     return [new]
 
@@ -347,12 +409,19 @@ CVM_TAG = "deeplearning_tutorials_cvm"
 
 # Ops that only move or check shapes, views and indices: their ``perform`` costs
 # microseconds whatever the arrays, while compiling their C code costs a third of
-# a second each.
+# a second each.  NumPyTanh's C code calls NumPy anyway.
 _BOOKKEEPING = (Shape, Shape_i, ScalarFromTensor, TensorFromScalar, MakeVector, CheckAndRaise,
                 SpecifyShape, Reshape, DimShuffle, Subtensor, AdvancedSubtensor,
-                AdvancedIncSubtensor, ARange, Alloc)
+                AdvancedIncSubtensor, ARange, Alloc, Argmax, NumPyTanh)
 if AdvancedSubtensor1 is not None:
     _BOOKKEEPING += (AdvancedSubtensor1, AdvancedIncSubtensor1)
+
+# Float arithmetic whose every result NumPy rounds as C does: one correctly
+# rounded operation per element.  In Python only on matrices and vectors (a
+# likelihood's n x 10 classes), where a NumPy call costs microseconds;
+# ``Elemwise.perform`` copies the results of in-place nodes, which costs on a
+# layer's 4-d tensors.
+_EXACT = (Add, Sub, Mul, TrueDiv, Neg, Maximum, Minimum)
 
 
 def _apply_like(op, node):
@@ -406,19 +475,74 @@ def _runs_in_python(node):
         return True
     if not isinstance(op, (Elemwise, CAReduce)):
         return False
-    if not all(out.type.dtype.startswith(("int", "uint", "bool")) for out in node.outputs):
-        return False
-    # A reduction or one NumPy ufunc.  Not a Composite: its ``perform`` runs the
-    # scalar ops' Python code per element, slowly, and on Python integers, which
-    # NumPy 2 refuses to cast into a small integer type where C wraps around.
     spec = getattr(op, "nfunc_spec", None)
-    return isinstance(op, CAReduce) or (spec is not None and len(node.inputs) == spec[1])
+    if isinstance(op, Elemwise) and (spec is None or len(node.inputs) != spec[1]):
+        # A Composite: its ``perform`` runs the scalar ops' Python code per
+        # element, slowly, and on Python integers, which NumPy 2 refuses to cast
+        # into a small integer type where C wraps around.
+        return False
+    if all(out.type.dtype.startswith(("int", "uint", "bool")) for out in node.outputs):
+        return True
+    # A maximum is the same whatever the order of its elements; a sum is not.
+    exact = (Maximum, Minimum) if isinstance(op, CAReduce) else _EXACT
+    return isinstance(op.scalar_op, exact) and all(out.type.ndim <= 2 for out in node.outputs)
+
+
+class NumPySum(Op):
+    """A float32 sum accumulated in float64 (PyTensor's ``Sum{acc=float64}``), by NumPy.
+
+    NumPy adds in float64 in its own order (pairwise along the last axis), where
+    PyTensor's C code adds one element after the other: the float64 sums differ
+    in their last bits, and the float32 results they round to only when a sum
+    lies within those bits of a float32 rounding boundary.  NumPy's reduction
+    casts as it goes, where ``CAReduce.perform`` copies the whole input to float64
+    first.
+    """
+
+    __props__ = ("axis",)
+
+    def __init__(self, axis):
+        self.axis = None if axis is None else tuple(axis)
+
+    def make_node(self, x):
+        x = pt.as_tensor_variable(x)
+        if x.type.dtype != "float32":
+            raise TypeError(f"NumPySum sums float32 tensors, got {x.type}")
+        axes = range(x.type.ndim) if self.axis is None else self.axis
+        shape = [s for i, s in enumerate(x.type.shape) if i not in axes]
+        return Apply(self, [x], [pt.tensor(dtype="float32", shape=shape)])
+
+    def perform(self, node, inputs, output_storage):
+        total = np.add.reduce(inputs[0], axis=self.axis, dtype=np.float64)
+        output_storage[0][0] = np.asarray(total, dtype=np.float32)
+
+    def infer_shape(self, *args):
+        node, (shape,) = args[-2], args[-1]
+        axes = range(len(shape)) if self.axis is None else self.axis
+        return [tuple(s for i, s in enumerate(shape) if i not in axes)]
+
+
+def _numpy_sum(node):
+    """A :class:`NumPySum` for a float32 ``Sum{acc=float64}`` node, else None."""
+    op = node.op
+    if not (isinstance(op, CAReduce) and isinstance(op.scalar_op, Add) and op.acc_dtype == "float64"
+            and node.inputs[0].type.dtype == node.outputs[0].type.dtype == "float32"):
+        return None
+    (x,), (out,) = node.inputs, node.outputs
+    new = NumPySum(op.axis)(x)
+    return new if new.type == out.type else None
 
 
 @node_rewriter(None)
 def local_python_node(fgraph, node):
     """Run a bookkeeping node through its Op's ``perform`` (:class:`PythonNode`)."""
-    if isinstance(node.op, PythonNode) or not _runs_in_python(node):
+    if isinstance(node.op, (PythonNode, NumPySum)):
+        return None
+    total = _numpy_sum(node)
+    if total is not None:
+        copy_stack_trace(node.outputs, [total])
+        return [total]
+    if not _runs_in_python(node):
         return None
     new = _apply_like(PythonNode(node.op), node)
     copy_stack_trace(node.outputs, new.outputs)

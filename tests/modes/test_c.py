@@ -29,8 +29,8 @@ from pytensor.tensor.subtensor import AdvancedIncSubtensor, AdvancedSubtensor
 
 import deeplearning_tutorials.modes  # noqa: F401 (registers the DLT_ modes)
 from deeplearning_tutorials.modes import WholeGraphCLinker
-from deeplearning_tutorials.modes.c import (CVM_TAG, TAG, AdvancedIncSubtensor1, MatMul, NumPyTanh,
-                                           PythonNode, matmul)
+from deeplearning_tutorials.modes.c import (CVM_TAG, TAG, AdvancedIncSubtensor1, MatMul, NumPySum,
+                                           NumPyTanh, PythonNode, matmul)
 
 DTYPES = ["float32", "float64"]
 RTOL = {"float32": 1e-5, "float64": 1e-12}
@@ -38,27 +38,34 @@ C_MODES = ["DLT_CVM", "DLT_C"]
 
 
 def python_thunk_nodes(fn):
-    """The nodes a VM function runs as Python thunks for want of C code (the
-    bookkeeping nodes ``DLT_CVM`` runs in Python on purpose excepted)."""
+    """The nodes a VM function runs as Python thunks for want of C code (those
+    ``DLT_CVM`` runs in Python on purpose excepted)."""
     return [str(node) for node, thunk in zip(fn.vm.nodes, fn.vm.thunks)
-            if not hasattr(thunk, "cthunk") and not isinstance(node.op, PythonNode)]
+            if not hasattr(thunk, "cthunk") and not isinstance(node.op, (PythonNode, NumPySum))]
 
 
 def pair_indexing_nodes(fn):
     """The nodes that index a matrix with a pair of index vectors, ``x[rows, cols]``
-    (PyTensor 3.0 has no C code for them; the package's C modes take from the
-    raveled matrix instead)."""
+    (PyTensor 3.0 has no C code for them: ``DLT_C`` takes from the raveled matrix
+    instead, ``DLT_CVM`` runs them in Python)."""
     found = []
     for node in fn.maker.fgraph.apply_nodes:
-        if isinstance(node.op, (AdvancedSubtensor, AdvancedIncSubtensor)):
-            skip = 2 if isinstance(node.op, AdvancedIncSubtensor) else 1
+        op = node.op.op if isinstance(node.op, PythonNode) else node.op
+        if isinstance(op, (AdvancedSubtensor, AdvancedIncSubtensor)):
+            skip = 2 if isinstance(op, AdvancedIncSubtensor) else 1
             if node.inputs[0].ndim == 2 and len(node.inputs[skip:]) == 2:
                 found.append(str(node))
     return found
 
 
+def ops(fn):
+    """The Ops of a compiled function, those ``DLT_CVM`` runs in Python unwrapped."""
+    return [node.op.op if isinstance(node.op, PythonNode) else node.op
+            for node in fn.maker.fgraph.apply_nodes]
+
+
 def op_names(fn):
-    return {type(node.op).__name__ for node in fn.maker.fgraph.apply_nodes}
+    return {type(op).__name__ for op in ops(fn)}
 
 
 def assert_close(got, expected, dtype, what=""):
@@ -160,7 +167,7 @@ def test_numpy_tanh_is_numpys_tanh_bit_for_bit(mode, dtype):
     total = x.sum()
     y, s = NumPyTanh()(x.transpose(2, 0, 1)), NumPyTanh()(total)
     fn = pytensor.function([x], [y, s, total], mode=mode)
-    assert {type(n.op).__name__ for n in fn.maker.fgraph.apply_nodes} >= {"NumPyTanh"}
+    assert "NumPyTanh" in op_names(fn)
     for xv in (rng.standard_normal((3, 4, 5)) * 4,
                np.array(TANH_SPECIAL * 2).reshape(2, 3, 4), np.zeros((0, 2, 3))):
         xv = xv.astype(dtype)
@@ -181,23 +188,52 @@ def test_numpy_tanh_refuses_integers():
         NumPyTanh()(pt.ivector())
 
 
-def test_float32_tanh_becomes_numpy_tanh_only_in_the_packages_c_modes():
+def test_numpy_tanh_with_a_bias_is_tanh_of_numpys_sum():
+    x = pt.tensor4("x", dtype="float32")
+    b = pt.tensor("b", dtype="float32", shape=(1, None, 1, 1))
+    rng = np.random.default_rng(4)
+    xv = (rng.standard_normal((3, 4, 5, 6)) * 3).astype("float32")
+    bv = rng.standard_normal((1, 4, 1, 1)).astype("float32")
+    expected = np.tanh(np.add(xv, bv))
+    for mode in C_MODES + ["FAST_COMPILE"]:
+        fn = pytensor.function([x, b], NumPyTanh()(x, b), mode=mode)
+        for _ in range(2):  # the second call writes into the first call's output
+            np.testing.assert_array_equal(fn(xv, bv), expected)
+    # Its gradient: the bias's sums over the dimensions it is repeated along.
+    verify_grad(NumPyTanh(), [rng.standard_normal((3, 4, 2, 2)), rng.standard_normal((1, 4, 1, 1))],
+                rng=rng, mode="DLT_CVM")
+    with pytest.raises(TypeError, match="does not fit"):
+        NumPyTanh()(pt.tensor("a", dtype="float32", shape=(2, 3)),
+                    pt.tensor("c", dtype="float32", shape=(1, 4)))
+
+
+@pytest.mark.parametrize("reshaped", [False, True])
+def test_float32_tanh_becomes_numpy_tanh_only_in_the_packages_c_modes(reshaped):
+    # A layer's tanh(x + b), its bias added by the tanh's own pass; reshaped
+    # between (PyTensor lifts a tanh above a reshape: LeNet5's second layer).
     dtype = "float32"
-    x, b = pt.matrix("x", dtype=dtype), pt.vector("b", dtype=dtype)
-    out = pt.tanh(x + b)
-    gx = pytensor.grad(out.sum(), x)
-    xv = np.random.default_rng(2).standard_normal((6, 4)).astype(dtype)
+    x, b = pt.tensor3("x", dtype=dtype), pt.vector("b", dtype=dtype)
+    z = x + b
+    out = pt.tanh(z.reshape((z.shape[0], -1)) if reshaped else z)
+    gx, gb = pytensor.grad(out.sum(), [x, b])
+    xv = np.random.default_rng(2).standard_normal((6, 3, 4)).astype(dtype)
     bv = np.linspace(-1, 1, 4).astype(dtype)
+    expected = np.tanh(xv + bv)
+    if reshaped:
+        expected = expected.reshape(6, -1)
     for mode in C_MODES:
-        fn = pytensor.function([x, b], [out, gx], mode=mode)
-        ops = [node.op for node in fn.maker.fgraph.apply_nodes]
-        # One tanh, shared by the output and its gradient, and no other.
-        assert sum(isinstance(op, NumPyTanh) for op in ops) == 1, (mode, ops)
-        assert not [op for op in ops if "tanh" in str(op).lower() and not isinstance(op, NumPyTanh)]
-        got_out, got_gx = fn(xv, bv)
-        expected = np.tanh(xv + bv)
+        fn = pytensor.function([x, b], [out, gx, gb], mode=mode)
+        found = ops(fn)
+        # One tanh with the bias in it, shared by the output and its gradient, no other, no sum.
+        tanhs = [node for node in fn.maker.fgraph.apply_nodes if "NumPyTanh" in str(node.op)]
+        assert len(tanhs) == 1 and len(tanhs[0].inputs) == 2, (mode, found)
+        assert not [op for op in found if "tanh" in str(op).lower() and not isinstance(op, NumPyTanh)]
+        assert not [op for op in found if isinstance(op, Elemwise) and str(op) == "Add"], found
+        got_out, got_gx, got_gb = fn(xv, bv)
         np.testing.assert_array_equal(got_out, expected)
-        np.testing.assert_allclose(got_gx, 1 - expected.astype("float64") ** 2, rtol=RTOL[dtype])
+        slope = 1 - np.tanh(xv + bv).astype("float64") ** 2
+        np.testing.assert_allclose(got_gx, slope, rtol=RTOL[dtype])
+        np.testing.assert_allclose(got_gb, slope.sum(axis=(0, 1)), rtol=RTOL[dtype])
     for mode in ("CVM", "NUMBA", "DLT_NUMBA"):
         fn = pytensor.function([x, b], [out, gx], mode=mode)
         assert "NumPyTanh" not in op_names(fn), mode
@@ -275,9 +311,10 @@ def test_softmax_and_the_likelihood_pick_run_entirely_as_c(dtype):
     whole = pytensor.function(inputs, outputs, mode="DLT_C")
     assert isinstance(whole.maker.linker, WholeGraphCLinker)
     for fn in (cvm, whole):
-        nodes = [n.op for n in fn.maker.fgraph.apply_nodes]
-        assert not [op for op in nodes if isinstance(op, (Softmax, LogSoftmax))]
-        assert pair_indexing_nodes(fn) == []
+        assert not [op for op in ops(fn) if isinstance(op, (Softmax, LogSoftmax))]
+    # The pick and its gradient: NumPy's indexing in DLT_CVM, C in DLT_C.
+    assert len(pair_indexing_nodes(cvm)) == 2
+    assert pair_indexing_nodes(whole) == []
     # PyTensor's own CVM is left as it is: its products, its pair indexing.
     plain = pytensor.function(inputs, outputs, mode="CVM")
     assert "MatMul" not in op_names(plain)
@@ -310,7 +347,8 @@ def _pair_function(mode, build):
                            on_unused_input="ignore")
     if mode == "DLT_CVM":
         assert python_thunk_nodes(fn) == []
-    assert pair_indexing_nodes(fn) == []
+    else:
+        assert pair_indexing_nodes(fn) == []
     return fn
 
 
@@ -414,15 +452,21 @@ def test_cvm_runs_bookkeeping_nodes_in_python_with_the_same_bits(dtype):
     cvm = pytensor.function(inputs, outputs, mode="DLT_CVM")
     all_c = pytensor.function(inputs, outputs, mode=get_mode("DLT_CVM").excluding(CVM_TAG))
     wrapped = [node for node in cvm.maker.fgraph.apply_nodes if isinstance(node.op, PythonNode)]
-    # Shapes, views, indexing, checks and integer results: no float arithmetic.
+    sums = [node for node in cvm.maker.fgraph.apply_nodes if isinstance(node.op, NumPySum)]
+    # Shapes, views, indexing, checks, integer results, and on matrices and
+    # vectors the float arithmetic that rounds once per element.
     names = {type(node.op.op).__name__ for node in wrapped}
-    assert {"Shape_i", "Reshape", "Assert", "ARange"} <= names, names
-    assert {"AdvancedIncSubtensor1", "AdvancedIncSubtensor"} & names, names
-    for node in wrapped:
-        if any(out.type.dtype.startswith("float") for out in node.outputs):
-            assert not isinstance(node.op.op, (Elemwise, CAReduce)), node
-    # Fewer C modules, the float work still in C, the same bits.
-    assert len(_c_thunk_nodes(cvm)) + len(wrapped) == len(_c_thunk_nodes(all_c))
+    assert {"Shape_i", "Assert", "ARange", "AdvancedSubtensor", "AdvancedIncSubtensor"} <= names
+    float_ops = {str(node.op.op) for node in wrapped
+                 if any(out.type.dtype.startswith("float") for out in node.outputs)
+                 and isinstance(node.op.op, (Elemwise, CAReduce))}
+    assert float_ops and float_ops <= {"Add", "Sub", "Mul", "True_div", "Neg", "Max{axis=1}"}, float_ops
+    assert not [node for node in wrapped if "Composite" in str(node.op) or node.outputs[0].ndim > 2]
+    # The float32 sums accumulated in float64: NumPy's; the float64 sums stay in C.
+    assert bool(sums) == (dtype == "float32")
+    # Fewer C modules, the same numbers: the same bits but for NumPy's order of
+    # a float32 sum's float64 additions (the same float32 results here).
+    assert len(_c_thunk_nodes(cvm)) + len(wrapped) + len(sums) == len(all_c.maker.fgraph.apply_nodes)
     assert len(_c_thunk_nodes(cvm)) < len(_c_thunk_nodes(all_c)) - 5
     for got, ref in zip(cvm(*values), all_c(*values)):
         np.testing.assert_array_equal(got, ref)
@@ -432,17 +476,16 @@ def test_cvm_python_nodes_keep_in_place_increments_and_checks():
     x, rows, cols = pt.matrix("x"), pt.lvector("rows"), pt.lvector("cols")
     y = pt.vector("y")
     fn = pytensor.function([x, rows, cols, y], pt.inc_subtensor(x[rows, cols], y), mode="DLT_CVM")
-    ops = [node.op for node in fn.maker.fgraph.apply_nodes]
-    incs = [op for op in ops if isinstance(op, PythonNode)
-            and isinstance(op.op, AdvancedIncSubtensor1 or AdvancedIncSubtensor)]
+    incs = [node.op for node in fn.maker.fgraph.apply_nodes if isinstance(node.op, PythonNode)
+            and isinstance(node.op.op, AdvancedIncSubtensor)]
     assert incs and incs[0].destroy_map == incs[0].op.destroy_map
     xv = np.arange(12.0).reshape(3, 4)
     expected = xv.copy()
     np.add.at(expected, (PAIRS[0][:3], PAIRS[1][:3]), [1.0, 2.0, 3.0])
     np.testing.assert_array_equal(fn(xv, PAIRS[0][:3], PAIRS[1][:3], [1.0, 2.0, 3.0]), expected)
-    # Repeated pairs add up, and the bounds checks (Python nodes) still refuse.
+    # Repeated pairs add up, and out-of-bounds pairs are refused.
     np.testing.assert_array_equal(fn(xv, [0, 0], [1, 1], [1.0, 2.0])[0, 1], xv[0, 1] + 3.0)
-    with pytest.raises(AssertionError, match="out of bounds"):
+    with pytest.raises(IndexError, match="out of bounds"):
         fn(xv, [3], [0], [1.0])
 
 
@@ -471,3 +514,25 @@ def test_cvm_python_nodes_leave_small_integer_arithmetic_to_c():
             np.testing.assert_array_equal(got, ref)
     assert not [node for node in cvm.maker.fgraph.apply_nodes
                 if isinstance(node.op, PythonNode) and "Composite" in str(node.op)]
+
+
+@pytest.mark.parametrize("axis", [None, (0,), (1,), (0, 2, 3), (3,)])
+def test_numpy_sum_is_pytensors_float32_sum_accumulated_in_float64(axis):
+    rng = np.random.default_rng(5)
+    x = pt.tensor4("x", dtype="float32")
+    total = x.sum(axis=axis, acc_dtype="float64")
+    cvm = pytensor.function([x], total, mode="DLT_CVM")
+    assert [node.op for node in cvm.maker.fgraph.apply_nodes] == [NumPySum(axis)]
+    c_sum = pytensor.function([x], total, mode="CVM")
+    for xv in (rng.standard_normal((30, 7, 12, 12)) * 100, rng.random((2, 3, 4, 5)), np.zeros((0, 2, 3, 4))):
+        xv = xv.astype("float32")
+        got = cvm(xv)
+        np.testing.assert_array_equal(got, xv.sum(axis=axis, dtype="float64").astype("float32"))
+        np.testing.assert_array_equal(got, c_sum(xv))
+        assert got.dtype == np.float32 and got.shape == c_sum(xv).shape
+    # A float32 sum in float32, and float64 sums, keep PyTensor's C code.
+    for total in (x.sum(axis=axis, acc_dtype="float32"), x.astype("float64").sum(axis=axis)):
+        fn = pytensor.function([x], total, mode="DLT_CVM")
+        assert not [n for n in fn.maker.fgraph.apply_nodes if isinstance(n.op, NumPySum)]
+    with pytest.raises(TypeError, match="float32"):
+        NumPySum(None)(pt.dvector())
