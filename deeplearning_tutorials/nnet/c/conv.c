@@ -125,6 +125,39 @@ static inline __attribute__((always_inline)) void DLT_FN(dlt_fwd_row4)(
     if (n > 3) for (j = 0; j < ow; ++j) o[3 * P + j] = a3[j];
 }
 
+/* dlt_fwd_row4 for rows of 24 outputs and taps 5 wide (LeNet5's first layer),
+   all four filters: the 4 x 24 sums stay in twelve vector registers over the K
+   taps, where the plain loop keeps them in memory (a load and a store around each
+   multiply-add).  The same multiply-adds in the same order. */
+typedef DLT_T DLT_FN(dlt_v8) __attribute__((vector_size(8 * sizeof(DLT_T)), aligned(sizeof(DLT_T))));
+
+static inline void DLT_FN(dlt_fwd_row4_24x5)(const DLT_T* xb, const DLT_T* wff, DLT_T* o, int C,
+                                            int H, int W, int kh, int i, int K, long P)
+{
+    typedef DLT_FN(dlt_v8) V;
+    V a0 = {0}, a1 = {0}, a2 = {0}, b0 = {0}, b1 = {0}, b2 = {0};
+    V c0 = {0}, c1 = {0}, c2 = {0}, d0 = {0}, d1 = {0}, d2 = {0};
+    int c, u, v;
+    for (c = 0; c < C; ++c)
+        for (u = 0; u < kh; ++u) {
+            const DLT_T* xr = xb + ((long)c * H + i + u) * W;
+            const DLT_T* wr = wff + (c * kh + u) * 5;
+            for (v = 0; v < 5; ++v) {
+                const V x0 = *(const V*)(xr + v), x1 = *(const V*)(xr + v + 8);
+                const V x2 = *(const V*)(xr + v + 16);
+                const DLT_T t0 = wr[v], t1 = wr[K + v], t2 = wr[2 * K + v], t3 = wr[3 * K + v];
+                a0 += t0 * x0; a1 += t0 * x1; a2 += t0 * x2;
+                b0 += t1 * x0; b1 += t1 * x1; b2 += t1 * x2;
+                c0 += t2 * x0; c1 += t2 * x1; c2 += t2 * x2;
+                d0 += t3 * x0; d1 += t3 * x1; d2 += t3 * x2;
+            }
+        }
+    *(V*)o = a0; *(V*)(o + 8) = a1; *(V*)(o + 16) = a2;
+    *(V*)(o + P) = b0; *(V*)(o + P + 8) = b1; *(V*)(o + P + 16) = b2;
+    *(V*)(o + 2 * P) = c0; *(V*)(o + 2 * P + 8) = c1; *(V*)(o + 2 * P + 16) = c2;
+    *(V*)(o + 3 * P) = d0; *(V*)(o + 3 * P + 8) = d1; *(V*)(o + 3 * P + 16) = d2;
+}
+
 /* out (B, F, oh, ow) directly (few taps: see above), four filters at a time. */
 static void DLT_FN(dlt_conv_fwd_direct)(const DLT_T* x, const DLT_T* wf, DLT_T* out, int B,
                                         int C, int H, int W, int F, int kh, int kw)
@@ -140,7 +173,7 @@ static void DLT_FN(dlt_conv_fwd_direct)(const DLT_T* x, const DLT_T* wf, DLT_T* 
             for (i = 0; i < oh; ++i) {
                 DLT_T* o = out + ((long)b * F + f) * P + (long)i * ow;
                 if (ow == 24 && kw == 5 && n == 4)
-                    DLT_FN(dlt_fwd_row4)(xb, wff, o, C, H, W, kh, 5, 24, i, K, P, 4);
+                    DLT_FN(dlt_fwd_row4_24x5)(xb, wff, o, C, H, W, kh, i, K, P);
                 else
                     DLT_FN(dlt_fwd_row4)(xb, wff, o, C, H, W, kh, kw, ow, i, K, P, n);
             }
