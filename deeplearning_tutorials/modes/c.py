@@ -51,9 +51,11 @@ try:  # PyTensor 3.0; later versions merged these into the Ops above, with C cod
 except ImportError:
     AdvancedIncSubtensor1 = AdvancedSubtensor1 = None
 
-from deeplearning_tutorials.nnet.conv import c_support_code, c_type_name
+from deeplearning_tutorials.nnet.conv import Conv2d, c_support_code, c_type_name, conv2d_valid_numpy
+from deeplearning_tutorials.nnet.pool import MaxPool2d, max_pool_numpy
 
 __all__ = ["TAG", "C_TAG", "CVM_TAG", "MatMul", "matmul", "NumPyTanh", "numpy_tanh", "NumPySum",
+           "Conv2dMaxPool",
            "PythonNode"]
 
 #: The tag of the rewrites only the package's C modes run.
@@ -396,6 +398,132 @@ def local_numpy_tanh(fgraph, node):
 # Before the elemwise fusion (49), which would hide the tanh in a Composite.
 optdb.register(
     "deeplearning_tutorials_tanh", dfs_rewriter(local_numpy_tanh), TAG, position=48.8,
+    use_db_name_as_tag=False,
+)
+
+
+_CONV_POOL_C_CODE = """
+{
+    PyArrayObject *ca = NULL, *cb = NULL;
+    npy_intp zd[4], pd[4];
+    int ok = 0;
+    if (dlt_blas_init() != 0) { %(fail)s }
+    ca = PyArray_GETCONTIGUOUS(%(x)s);
+    cb = PyArray_GETCONTIGUOUS(%(w)s);
+    if (ca == NULL || cb == NULL) goto fail_%(name)s;
+    #define A(i) PyArray_DIMS(ca)[i]
+    #define B(i) PyArray_DIMS(cb)[i]
+    if (!(A(1) == B(1) && B(2) <= A(2) && B(3) <= A(3))) {
+        PyErr_Format(PyExc_ValueError, "conv2d: shapes (%%ld, %%ld, %%ld, %%ld) and "
+                     "(%%ld, %%ld, %%ld, %%ld) do not fit", (long)A(0), (long)A(1), (long)A(2),
+                     (long)A(3), (long)B(0), (long)B(1), (long)B(2), (long)B(3));
+        goto fail_%(name)s;
+    }
+    zd[0] = pd[0] = A(0); zd[1] = pd[1] = B(0);
+    zd[2] = A(2) - B(2) + 1; zd[3] = A(3) - B(3) + 1;
+    pd[2] = %(ib)s ? zd[2] / %(wh)s : (zd[2] + %(wh)s - 1) / %(wh)s;
+    pd[3] = %(ib)s ? zd[3] / %(ww)s : (zd[3] + %(ww)s - 1) / %(ww)s;
+    if (%(p)s == NULL || !PyArray_IS_C_CONTIGUOUS(%(p)s) || !PyArray_CompareLists(PyArray_DIMS(%(p)s), pd, 4)) {
+        Py_XDECREF(%(p)s);
+        %(p)s = (PyArrayObject*)PyArray_EMPTY(4, pd, %(typenum)s, 0);
+        if (%(p)s == NULL) goto fail_%(name)s;
+    }
+    %(keep_z)s
+    if (dlt_conv_fwd_pool_%(sfx)s((%(ctype)s*)PyArray_DATA(ca), (%(ctype)s*)PyArray_DATA(cb),
+                                  %(z_data)s, (%(ctype)s*)PyArray_DATA(%(p)s),
+                                  (int)A(0), (int)A(1), (int)A(2), (int)A(3), (int)B(0),
+                                  (int)B(2), (int)B(3), %(wh)s, %(ww)s, (int)pd[2], (int)pd[3]) != 0) {
+        PyErr_NoMemory();
+        goto fail_%(name)s;
+    }
+    #undef A
+    #undef B
+    ok = 1;
+  fail_%(name)s:
+    Py_XDECREF(ca);
+    Py_XDECREF(cb);
+    if (!ok) { %(fail)s }
+}
+"""
+
+_KEEP_Z_C_CODE = """
+    if (%(z)s == NULL || !PyArray_IS_C_CONTIGUOUS(%(z)s) || !PyArray_CompareLists(PyArray_DIMS(%(z)s), zd, 4)) {
+        Py_XDECREF(%(z)s);
+        %(z)s = (PyArrayObject*)PyArray_EMPTY(4, zd, %(typenum)s, 0);
+        if (%(z)s == NULL) goto fail_%(name)s;
+    }
+"""
+
+
+class Conv2dMaxPool(COp):
+    """:class:`~deeplearning_tutorials.nnet.conv.Conv2d` and the
+    :class:`~deeplearning_tutorials.nnet.pool.MaxPool2d` of its output, image by image.
+
+    Outputs the pooled maps, and the convolution too when ``keep_conv`` (its
+    gradient reads it).  Each image's convolution is pooled while it is in the
+    cache, where the two Ops one after the other write the batch's convolution to
+    memory and read it back; without ``keep_conv`` it never goes to memory.  The
+    same numbers as the two Ops.
+    """
+
+    __props__ = ("ws", "ignore_border", "keep_conv")
+
+    def __init__(self, ws, ignore_border, keep_conv):
+        self.ws, self.ignore_border, self.keep_conv = tuple(ws), bool(ignore_border), bool(keep_conv)
+
+    def make_node(self, x, w):
+        conv = Conv2d().make_node(x, w)
+        pooled = MaxPool2d(self.ws, self.ignore_border).make_node(conv.outputs[0]).outputs[0]
+        outputs = [pooled.type()] + ([conv.outputs[0].type()] if self.keep_conv else [])
+        return Apply(self, conv.inputs, outputs)
+
+    def perform(self, node, inputs, output_storage):
+        z = conv2d_valid_numpy(*inputs).astype(node.outputs[0].dtype, copy=False)
+        output_storage[0][0] = max_pool_numpy(z, self.ws, self.ignore_border)
+        if self.keep_conv:
+            output_storage[1][0] = z
+
+    def c_code_cache_version(self):
+        return (1,)
+
+    def c_support_code(self, **kwargs):
+        return c_support_code("conv.c", "pool.c", "conv_pool.c")
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        dtype = node.outputs[0].dtype
+        ctype = {"float32": "npy_float32", "float64": "npy_float64"}[dtype]
+        names = dict(x=inputs[0], w=inputs[1], p=outputs[0], name=name, fail=sub["fail"],
+                     ib=int(self.ignore_border), wh=self.ws[0], ww=self.ws[1],
+                     sfx=c_type_name(dtype), ctype=ctype, typenum=f"NPY_{dtype.upper()}")
+        if self.keep_conv:
+            names.update(keep_z=_KEEP_Z_C_CODE % dict(names, z=outputs[1]),
+                         z_data=f"({ctype}*)PyArray_DATA({outputs[1]})")
+        else:
+            names.update(keep_z="", z_data="NULL")
+        return _CONV_POOL_C_CODE % names
+
+
+@node_rewriter([Conv2d])
+def local_conv_max_pool(fgraph, node):
+    """``MaxPool2d(Conv2d(x, w))`` -> :class:`Conv2dMaxPool` (the convolution kept
+    when something else reads it: the pooling's gradient)."""
+    (z,) = node.outputs
+    pools = [client for client, _ in fgraph.clients[z] if isinstance(client.op, MaxPool2d)]
+    if len(pools) != 1:
+        return None
+    keep = len(fgraph.clients[z]) > 1
+    new = Conv2dMaxPool(pools[0].op.ws, pools[0].op.ignore_border, keep).make_node(*node.inputs)
+    if new.outputs[0].type != pools[0].outputs[0].type or (keep and new.outputs[1].type != z.type):
+        return None
+    replacements = {pools[0].outputs[0]: new.outputs[0]}
+    if keep:
+        replacements[z] = new.outputs[1]
+    copy_stack_trace(pools[0].outputs + [z], new.outputs)
+    return replacements
+
+
+optdb.register(
+    "deeplearning_tutorials_conv_max_pool", dfs_rewriter(local_conv_max_pool), TAG, position=48.9,
     use_db_name_as_tag=False,
 )
 

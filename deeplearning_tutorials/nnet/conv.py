@@ -157,11 +157,17 @@ _C_DIR = Path(__file__).with_name("c")
 _C_TYPES = {"float32": "npy_float32", "float64": "npy_float64"}
 
 def c_support_code(*files):
-    """``c/blas.h`` and one copy per C type of each file of ``c/`` named in ``files``."""
+    """``c/blas.h`` and one copy per C type of each file of ``c/`` named in ``files``.
+
+    Each copy is guarded, so that a whole-graph C module may hold the support
+    code of several Ops that share files.
+    """
     parts = [(_C_DIR / "blas.h").read_text(), (_C_DIR / "rows.h").read_text()]
     for name, ctype in (("float", "npy_float32"), ("double", "npy_float64")):
         parts.append(f"#define DLT_T {ctype}\n#define DLT_FN(f) f##_{name}")
-        parts.extend((_C_DIR / f).read_text() for f in files)
+        for f in files:
+            guard = f"DLT_HAVE_{Path(f).stem.upper()}_{name.upper()}"
+            parts.append(f"#ifndef {guard}\n#define {guard}\n{(_C_DIR / f).read_text()}\n#endif")
         parts.append("#undef DLT_T\n#undef DLT_FN")
     return "\n".join(parts)
 
@@ -221,7 +227,7 @@ class _ConvOpBase(COp):
     _c = None
 
     def c_code_cache_version(self):
-        return (14,)
+        return (15,)
 
     def c_support_code(self, **kwargs):
         return c_support_code("conv.c")

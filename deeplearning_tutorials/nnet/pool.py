@@ -170,7 +170,7 @@ class _PoolOpBase(COp):
         self.ignore_border = bool(ignore_border)
 
     def c_code_cache_version(self):
-        return (9,)
+        return (10,)
 
     def c_support_code(self, **kwargs):
         return c_support_code("pool.c")

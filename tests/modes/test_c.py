@@ -536,3 +536,58 @@ def test_numpy_sum_is_pytensors_float32_sum_accumulated_in_float64(axis):
         assert not [n for n in fn.maker.fgraph.apply_nodes if isinstance(n.op, NumPySum)]
     with pytest.raises(TypeError, match="float32"):
         NumPySum(None)(pt.dvector())
+
+
+# ---------------------------------------------------------------------------
+# A convolution and its max pooling, image by image
+# ---------------------------------------------------------------------------
+
+CONV_POOL_CASES = [  # input, filters, window, ignore_border
+    ((7, 1, 28, 28), (20, 1, 5, 5), (2, 2), True),  # LeNet5's first layer: the direct kernel
+    ((5, 20, 12, 12), (50, 20, 5, 5), (2, 2), True),  # its second: im2col
+    ((3, 2, 9, 7), (3, 2, 2, 3), (2, 2), False),  # partial windows kept
+    ((2, 3, 10, 11), (5, 3, 3, 3), (3, 2), True),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs,ws,window,ignore_border", CONV_POOL_CASES)
+def test_conv_max_pool_gives_the_two_ops_numbers(xs, ws, window, ignore_border, dtype):
+    from deeplearning_tutorials.modes.c import Conv2dMaxPool
+    from deeplearning_tutorials.nnet.conv import Conv2d
+    from deeplearning_tutorials.nnet.pool import MaxPool2d
+
+    x, w = pt.tensor4("x", dtype=dtype), pt.tensor4("w", dtype=dtype)
+    z = Conv2d()(x, w)
+    pooled = MaxPool2d(window, ignore_border)(z)
+    gw = pytensor.grad((pooled ** 2).sum(), w)  # its gradient reads the convolution
+    rng = np.random.default_rng(6)
+    xv = rng.standard_normal(xs).astype(dtype)
+    xv[0, 0, 1, 1] = np.nan  # NaN wins its window, as NumPy's max
+    wv = rng.standard_normal(ws).astype(dtype)
+    reference = pytensor.function([x, w], [pooled, gw, z], mode="CVM")(xv, wv)
+    for mode in C_MODES:
+        train = pytensor.function([x, w], [pooled, gw, z], mode=mode)
+        forward = pytensor.function([x, w], pooled, mode=mode)
+        fused = [op for op in ops(train) + ops(forward) if isinstance(op, Conv2dMaxPool)]
+        assert [op.keep_conv for op in fused] == [True, False], (mode, ops(train), ops(forward))
+        assert not {"Conv2d", "MaxPool2d"} & (op_names(train) | op_names(forward))
+        for _ in range(2):  # the second call writes into the first call's outputs
+            for got, ref in zip(train(xv, wv), reference):
+                np.testing.assert_array_equal(got, ref)
+            np.testing.assert_array_equal(forward(xv, wv), reference[0])
+    # Python's own implementation (any linker), with and without the convolution.
+    for keep in (True, False):
+        outs = Conv2dMaxPool(window, ignore_border, keep)(x, w, return_list=True)
+        got = pytensor.function([x, w], outs, mode="FAST_COMPILE")(xv, wv)
+        assert len(got) == 1 + keep
+        np.testing.assert_allclose(got[0], reference[0], rtol=RTOL[dtype])
+
+
+def test_conv_max_pool_refuses_what_does_not_fit():
+    from deeplearning_tutorials.modes.c import Conv2dMaxPool
+
+    x, w = pt.tensor4("x"), pt.tensor4("w")
+    fn = pytensor.function([x, w], Conv2dMaxPool((2, 2), True, False)(x, w), mode="DLT_CVM")
+    with pytest.raises(ValueError, match="conv2d: shapes .* do not fit"):
+        fn(np.zeros((2, 3, 8, 8)), np.zeros((4, 2, 3, 3)))
