@@ -5,12 +5,13 @@ Importing this package registers four modes with
 
 =============  ==============================================================
 ``DLT_NUMBA``  PyTensor's ``NUMBA`` mode (the programs' default)
-``DLT_CVM``    PyTensor's ``CVM`` mode (C code per node, run by a C loop), with
-               matrix products through SciPy's BLAS (:mod:`.c`), the
-               bookkeeping nodes in Python, keeping each node's arrays from
-               one call to the next (PyTensor's ``cvm_nogc`` linker)
+``DLT_CVM``    PyTensor's ``CVM`` mode (a C module per node, run by a C loop),
+               with matrix products through SciPy's BLAS, a convolution and
+               its pooling in one node (:mod:`.c`), the nodes whose work is a
+               NumPy call of microseconds in Python, and each node's arrays
+               kept from one call to the next (PyTensor's ``cvm_nogc`` linker)
 ``DLT_C``      PyTensor's ``C`` mode (the whole function as one C module,
-               compiled without debugging information), with the same products
+               compiled without debugging information), with the same C code
 ``DLT_JAX``    PyTensor's ``JAX`` mode with the minibatch slices of ``givens``
                made static-length (:mod:`.jax`), and the datasets kept on the
                device

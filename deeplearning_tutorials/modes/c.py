@@ -1,7 +1,7 @@
-"""The package's C modes: every node of the tutorials' graphs as C code.
+"""The package's C modes: the tutorials' graphs as C code, and NumPy where it is quicker.
 
 PyTensor's mode ``C`` cannot compile the tutorials' functions as they come, and
-``CVM`` runs some of their nodes in Python:
+``CVM`` runs some of their nodes in Python or in slow C:
 
 * a pip-installed PyTensor finds no BLAS to link against, and its products
   (``Dot22``, ``Gemm``) then have no C code: the package's modes replace each
@@ -11,22 +11,29 @@ PyTensor's mode ``C`` cannot compile the tutorials' functions as they come, and
   inlined, into elementwise and reduction nodes that have;
 * the likelihood's pick ``log(p)[arange(n), y]`` and its gradient
   (``AdvancedSubtensor`` / ``AdvancedIncSubtensor`` with two index vectors) have
-  none either: they become a flat take of the raveled matrix, which has;
+  none either: in ``DLT_C``, whose single module needs C code for every node
+  (:data:`C_TAG`), they become a flat take of the raveled matrix, which has;
 * PyTensor's C code for ``tanh`` calls the C library's scalar ``tanh`` per
   element: in float32 the package's modes compute it with NumPy's ``tanh``
-  (:class:`NumPyTanh`), whose vector kernels are many times faster and differ
-  from the C library's by up to a few units in the last place; float64 keeps
-  the C library's, the original's.
+  (:class:`NumPyTanh`, a layer's bias added in the same node), whose vector
+  kernels are many times faster and differ from the C library's by up to a
+  few units in the last place; float64 keeps the C library's, the original's;
+* a convolution and the max pooling of its output run image by image
+  (:class:`Conv2dMaxPool`), each image pooled while it is in the cache.
 
-In ``DLT_CVM`` a last rewrite, under :data:`CVM_TAG`, runs the bookkeeping
-nodes (shapes, views, indexing, integer results) through their Ops' own
-``perform`` (:class:`PythonNode`): the CVM linker would compile a C module for
-each, about a third of a second apiece.
+In ``DLT_CVM`` a last rewrite, under :data:`CVM_TAG`, runs the nodes whose work
+is a NumPy call of microseconds through their Ops' own ``perform``
+(:class:`PythonNode`): shapes, views, indexing, integer results, exact float
+arithmetic on matrices and vectors; float32 sums accumulated in float64 become
+:class:`NumPySum`.  The CVM linker would compile a C module for each, about half
+a second apiece.
 
-The rewrites are registered under the package's own tag, :data:`TAG`, which only
-the package's C modes include; they give the same numbers as PyTensor's own
-nodes (the same sums in the same order, on the same BLAS as NumPy's products
-up to its choice of kernel; float32 ``tanh`` as NumPy computes it).
+The rewrites are registered under the package's own tags, which only the
+package's C modes include; they give the same numbers as PyTensor's own nodes
+(the same sums in the same order, on the same BLAS as NumPy's products up to
+its choice of kernel; float32 ``tanh`` as NumPy computes it; a float32 sum
+accumulated in float64 in NumPy's order, whose last float64 bits the float32
+result does not show but on a rounding boundary).
 """
 
 import numpy as np
