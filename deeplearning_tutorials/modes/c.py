@@ -58,11 +58,13 @@ try:  # PyTensor 3.0; later versions merged these into the Ops above, with C cod
 except ImportError:
     AdvancedIncSubtensor1 = AdvancedSubtensor1 = None
 
-from deeplearning_tutorials.nnet.conv import Conv2d, c_support_code, c_type_name, conv2d_valid_numpy
-from deeplearning_tutorials.nnet.pool import MaxPool2d, max_pool_numpy
+from deeplearning_tutorials.nnet.conv import (Conv2d, Conv2dGradFilters, c_support_code, c_type_name,
+                                              conv2d_grad_filters_numpy, conv2d_valid_numpy)
+from deeplearning_tutorials.nnet.pool import (MaxPool2d, MaxPool2dGrad, max_pool_grad_numpy,
+                                              max_pool_numpy)
 
 __all__ = ["TAG", "C_TAG", "CVM_TAG", "MatMul", "matmul", "NumPyTanh", "numpy_tanh", "NumPySum",
-           "Conv2dMaxPool",
+           "Conv2dMaxPool", "MaxPoolConv2dGradFilters",
            "PythonNode"]
 
 #: The tag of the rewrites only the package's C modes run.
@@ -491,7 +493,7 @@ class Conv2dMaxPool(COp):
             output_storage[1][0] = z
 
     def c_code_cache_version(self):
-        return (1,)
+        return (2,)
 
     def c_support_code(self, **kwargs):
         return c_support_code("conv.c", "pool.c", "conv_pool.c")
@@ -508,6 +510,103 @@ class Conv2dMaxPool(COp):
         else:
             names.update(keep_z="", z_data="NULL")
         return _CONV_POOL_C_CODE % names
+
+
+_GW_POOL_C_CODE = """
+{
+    PyArrayObject *cx = NULL, *cz = NULL, *cp = NULL, *cg = NULL;
+    npy_intp dims[4];
+    long ph, pw;
+    int ok = 0;
+    if (dlt_blas_init() != 0) { %(fail)s }
+    cx = PyArray_GETCONTIGUOUS(%(x)s);
+    cz = PyArray_GETCONTIGUOUS(%(z)s);
+    cp = PyArray_GETCONTIGUOUS(%(pooled)s);
+    cg = PyArray_GETCONTIGUOUS(%(gp)s);
+    if (cx == NULL || cz == NULL || cp == NULL || cg == NULL) goto fail_%(name)s;
+    #define X(i) PyArray_DIMS(cx)[i]
+    #define Z(i) PyArray_DIMS(cz)[i]
+    ph = %(ib)s ? Z(2) / %(wh)s : (Z(2) + %(wh)s - 1) / %(wh)s;
+    pw = %(ib)s ? Z(3) / %(ww)s : (Z(3) + %(ww)s - 1) / %(ww)s;
+    if (!(X(0) == Z(0) && Z(2) <= X(2) && Z(3) <= X(3))
+        || PyArray_DIMS(cp)[0] != Z(0) || PyArray_DIMS(cp)[1] != Z(1)
+        || PyArray_DIMS(cp)[2] != ph || PyArray_DIMS(cp)[3] != pw
+        || !PyArray_CompareLists(PyArray_DIMS(cp), PyArray_DIMS(cg), 4)) {
+        PyErr_SetString(PyExc_ValueError, "conv2d gradient: the input, the convolution, its "
+                        "pooling and the pooling's gradient do not fit");
+        goto fail_%(name)s;
+    }
+    dims[0] = Z(1); dims[1] = X(1); dims[2] = X(2) - Z(2) + 1; dims[3] = X(3) - Z(3) + 1;
+    if (%(gw)s == NULL || !PyArray_IS_C_CONTIGUOUS(%(gw)s) || !PyArray_CompareLists(PyArray_DIMS(%(gw)s), dims, 4)) {
+        Py_XDECREF(%(gw)s);
+        %(gw)s = (PyArrayObject*)PyArray_EMPTY(4, dims, %(typenum)s, 0);
+        if (%(gw)s == NULL) goto fail_%(name)s;
+    }
+    if (dlt_conv_gw_pool_%(sfx)s((%(ctype)s*)PyArray_DATA(cx), (%(ctype)s*)PyArray_DATA(cz),
+                                 (%(ctype)s*)PyArray_DATA(cp), (%(ctype)s*)PyArray_DATA(cg),
+                                 (%(ctype)s*)PyArray_DATA(%(gw)s), (int)X(0), (int)X(1), (int)X(2),
+                                 (int)X(3), (int)Z(1), (int)Z(2), (int)Z(3), %(wh)s, %(ww)s,
+                                 (int)ph, (int)pw) != 0) {
+        PyErr_NoMemory();
+        goto fail_%(name)s;
+    }
+    #undef X
+    #undef Z
+    ok = 1;
+  fail_%(name)s:
+    Py_XDECREF(cx);
+    Py_XDECREF(cz);
+    Py_XDECREF(cp);
+    Py_XDECREF(cg);
+    if (!ok) { %(fail)s }
+}
+"""
+
+
+class MaxPoolConv2dGradFilters(COp):
+    """The filters' gradient of a convolution followed by max pooling, from the
+    pooling's output gradient: ``Conv2dGradFilters(x, MaxPool2dGrad(z, pooled, gp))``.
+
+    Inputs ``x``, the convolution ``z``, its pooling ``pooled`` and the pooling's
+    output gradient ``gp``.  Each image's gradient of ``z`` stays in the cache,
+    where the two Ops one after the other write the whole batch's to memory and
+    read it back.  The same numbers as the two Ops.
+    """
+
+    __props__ = ("ws", "ignore_border")
+
+    def __init__(self, ws, ignore_border):
+        self.ws, self.ignore_border = tuple(ws), bool(ignore_border)
+
+    def make_node(self, x, z, pooled, gp):
+        grad = Conv2dGradFilters().make_node(x, z)
+        x, z = grad.inputs
+        pooled, gp = (pt.as_tensor_variable(v) for v in (pooled, gp))
+        if not (pooled.type.dtype == gp.type.dtype == z.type.dtype
+                and pooled.type.ndim == gp.type.ndim == 4):
+            raise TypeError(f"MaxPoolConv2dGradFilters: pooled {pooled.type} and its gradient "
+                            f"{gp.type} do not fit the convolution {z.type}")
+        return Apply(self, [x, z, pooled, gp], [grad.outputs[0].type()])
+
+    def perform(self, node, inputs, output_storage):
+        x, z, pooled, gp = inputs
+        gz = max_pool_grad_numpy(z, pooled, gp, self.ws, self.ignore_border)
+        output_storage[0][0] = conv2d_grad_filters_numpy(x, gz).astype(x.dtype, copy=False)
+
+    def c_code_cache_version(self):
+        return (1,)
+
+    def c_support_code(self, **kwargs):
+        return c_support_code("conv.c", "pool.c", "conv_pool.c")
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        dtype = node.outputs[0].dtype
+        x, z, pooled, gp = inputs
+        return _GW_POOL_C_CODE % dict(
+            x=x, z=z, pooled=pooled, gp=gp, gw=outputs[0], name=name, fail=sub["fail"],
+            ib=int(self.ignore_border), wh=self.ws[0], ww=self.ws[1], sfx=c_type_name(dtype),
+            ctype={"float32": "npy_float32", "float64": "npy_float64"}[dtype],
+            typenum=f"NPY_{dtype.upper()}")
 
 
 @node_rewriter([Conv2d])
@@ -529,8 +628,26 @@ def local_conv_max_pool(fgraph, node):
     return replacements
 
 
+@node_rewriter([Conv2dGradFilters])
+def local_max_pool_conv_grad_filters(fgraph, node):
+    """``Conv2dGradFilters(x, MaxPool2dGrad(z, pooled, gp))``, the pooling's gradient
+    read by nothing else (a first layer's) -> :class:`MaxPoolConv2dGradFilters`."""
+    x, g = node.inputs
+    pool_grad = g.owner
+    if (pool_grad is None or not isinstance(pool_grad.op, MaxPool2dGrad)
+            or len(fgraph.clients[g]) != 1):
+        return None
+    new = MaxPoolConv2dGradFilters(pool_grad.op.ws, pool_grad.op.ignore_border)(
+        x, *pool_grad.inputs)
+    if new.type != node.outputs[0].type:
+        return None
+    copy_stack_trace(node.outputs, [new])
+    return [new]
+
+
 optdb.register(
-    "deeplearning_tutorials_conv_max_pool", dfs_rewriter(local_conv_max_pool), TAG, position=48.9,
+    "deeplearning_tutorials_conv_max_pool",
+    dfs_rewriter(local_conv_max_pool, local_max_pool_conv_grad_filters), TAG, position=48.9,
     use_db_name_as_tag=False,
 )
 

@@ -227,7 +227,7 @@ class _ConvOpBase(COp):
     _c = None
 
     def c_code_cache_version(self):
-        return (15,)
+        return (16,)
 
     def c_support_code(self, **kwargs):
         return c_support_code("conv.c")

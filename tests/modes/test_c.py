@@ -71,7 +71,8 @@ def op_names(fn):
 def assert_close(got, expected, dtype, what=""):
     got, expected = np.asarray(got), np.asarray(expected)
     assert got.shape == expected.shape, what
-    scale = max(1.0, float(np.abs(expected).max())) if expected.size else 1.0
+    finite = np.abs(expected[np.isfinite(expected)])
+    scale = max(1.0, float(finite.max())) if finite.size else 1.0
     np.testing.assert_allclose(got, expected, rtol=RTOL[dtype], atol=RTOL[dtype] * scale,
                                err_msg=what)
 
@@ -553,7 +554,7 @@ CONV_POOL_CASES = [  # input, filters, window, ignore_border
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("xs,ws,window,ignore_border", CONV_POOL_CASES)
 def test_conv_max_pool_gives_the_two_ops_numbers(xs, ws, window, ignore_border, dtype):
-    from deeplearning_tutorials.modes.c import Conv2dMaxPool
+    from deeplearning_tutorials.modes.c import Conv2dMaxPool, MaxPoolConv2dGradFilters
     from deeplearning_tutorials.nnet.conv import Conv2d
     from deeplearning_tutorials.nnet.pool import MaxPool2d
 
@@ -566,28 +567,51 @@ def test_conv_max_pool_gives_the_two_ops_numbers(xs, ws, window, ignore_border, 
     xv[0, 0, 1, 1] = np.nan  # NaN wins its window, as NumPy's max
     wv = rng.standard_normal(ws).astype(dtype)
     reference = pytensor.function([x, w], [pooled, gw, z], mode="CVM")(xv, wv)
+    # With the input's gradient too, the pooling's gradient has two readers.
+    both = pytensor.grad((pooled ** 2).sum(), [w, x])
+    reference_both = pytensor.function([x, w], both, mode="CVM")(xv, wv)
     for mode in C_MODES:
         train = pytensor.function([x, w], [pooled, gw, z], mode=mode)
         forward = pytensor.function([x, w], pooled, mode=mode)
         fused = [op for op in ops(train) + ops(forward) if isinstance(op, Conv2dMaxPool)]
         assert [op.keep_conv for op in fused] == [True, False], (mode, ops(train), ops(forward))
         assert not {"Conv2d", "MaxPool2d"} & (op_names(train) | op_names(forward))
+        # The filters' gradient straight from the pooling's (a first layer's).
+        assert "MaxPoolConv2dGradFilters" in op_names(train)
+        assert not {"MaxPool2dGrad", "Conv2dGradFilters"} & op_names(train)
         for _ in range(2):  # the second call writes into the first call's outputs
             for got, ref in zip(train(xv, wv), reference):
                 np.testing.assert_array_equal(got, ref)
             np.testing.assert_array_equal(forward(xv, wv), reference[0])
-    # Python's own implementation (any linker), with and without the convolution.
+        second = pytensor.function([x, w], both, mode=mode)
+        assert {"MaxPool2dGrad", "Conv2dGradFilters"} <= op_names(second)
+        for got, ref in zip(second(xv, wv), reference_both):
+            np.testing.assert_array_equal(got, ref)
+    # Python's own implementations (any linker).
     for keep in (True, False):
         outs = Conv2dMaxPool(window, ignore_border, keep)(x, w, return_list=True)
         got = pytensor.function([x, w], outs, mode="FAST_COMPILE")(xv, wv)
         assert len(got) == 1 + keep
         np.testing.assert_allclose(got[0], reference[0], rtol=RTOL[dtype])
+    gp = pt.tensor4("gp", dtype=dtype)
+    gw_of = MaxPoolConv2dGradFilters(window, ignore_border)(x, z, pooled, gp)
+    gpv = 2 * reference[0]  # the gradient of (pooled ** 2).sum()
+    for mode in ("FAST_COMPILE", "DLT_CVM"):
+        got = pytensor.function([x, w, gp], gw_of, mode=mode, on_unused_input="ignore")(xv, wv, gpv)
+        assert_close(got, reference[1], dtype, mode)
 
 
 def test_conv_max_pool_refuses_what_does_not_fit():
-    from deeplearning_tutorials.modes.c import Conv2dMaxPool
+    from deeplearning_tutorials.modes.c import Conv2dMaxPool, MaxPoolConv2dGradFilters
 
     x, w = pt.tensor4("x"), pt.tensor4("w")
     fn = pytensor.function([x, w], Conv2dMaxPool((2, 2), True, False)(x, w), mode="DLT_CVM")
     with pytest.raises(ValueError, match="conv2d: shapes .* do not fit"):
         fn(np.zeros((2, 3, 8, 8)), np.zeros((4, 2, 3, 3)))
+    z, pooled, gp = pt.tensor4("z"), pt.tensor4("pooled"), pt.tensor4("gp")
+    fn = pytensor.function([x, z, pooled, gp], MaxPoolConv2dGradFilters((2, 2), True)(x, z, pooled, gp),
+                           mode="DLT_CVM")
+    with pytest.raises(ValueError, match="do not fit"):
+        fn(np.zeros((2, 3, 8, 8)), np.zeros((2, 4, 6, 6)), np.zeros((2, 4, 3, 2)), np.zeros((2, 4, 3, 2)))
+    with pytest.raises(TypeError, match="do not fit"):
+        MaxPoolConv2dGradFilters((2, 2), True)(x, z, pt.matrix(), gp)

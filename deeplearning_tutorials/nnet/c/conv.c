@@ -261,40 +261,61 @@ static inline __attribute__((always_inline)) void DLT_FN(dlt_gw_rows)(
     }
 }
 
-/* gwt (K, F), the filters' gradient (flipped, transposed) directly (few taps): for
-   each tap (c, u, v) and filter f, the sum over the images and output positions
-   of gz[b, f, i, j] * x[b, c, i+u, j+v]; each image's partial sums are added in
-   double. */
-static int DLT_FN(dlt_conv_gw_direct)(const DLT_T* x, const DLT_T* gz, DLT_T* gwt, int B, int C,
-                                      int H, int W, int F, int oh, int ow)
+/* Adds one image's terms to G (K, F), the filters' gradient (flipped, transposed,
+   in double) computed directly (few taps): for each tap (c, u, v) and filter f,
+   the sum over the output positions of gz[f, i, j] * x[c, i+u, j+v], each sum
+   rounded to DLT_T.  acc holds kw * ow elements. */
+static void DLT_FN(dlt_gw_direct_image)(const DLT_T* xb, const DLT_T* gzb, double* G, DLT_T* acc,
+                                        int C, int H, int W, int F, int oh, int ow)
 {
-    const int kh = H - oh + 1, kw = W - ow + 1, K = C * kh * kw;
-    double* G = (double*)dlt_scratch(3, sizeof(double) * (long)K * F);
-    DLT_T* acc = (DLT_T*)dlt_scratch(2, sizeof(DLT_T) * (long)kw * ow);
-    long b, k;
+    const int kh = H - oh + 1, kw = W - ow + 1;
     int f, c, u, v, j;
-    if (!G || !acc) return -1;
-    memset(G, 0, sizeof(double) * (long)K * F);
-    for (b = 0; b < B; ++b)
-        for (f = 0; f < F; ++f) {
-            const DLT_T* g = gz + ((long)b * F + f) * oh * ow;
-            for (c = 0; c < C; ++c) {
-                const DLT_T* xc = x + ((long)b * C + c) * H * W;
-                for (u = 0; u < kh; ++u) {
-                    if (ow == 24 && kw == 5 && oh == 24)
-                        DLT_FN(dlt_gw_rows)(g, xc, acc, W, u, 5, 24, 24);
-                    else
-                        DLT_FN(dlt_gw_rows)(g, xc, acc, W, u, kw, oh, ow);
-                    for (v = 0; v < kw; ++v) {
-                        DLT_T sum = 0;
-                        for (j = 0; j < ow; ++j) sum += acc[(long)v * ow + j];
-                        G[(long)((c * kh + u) * kw + v) * F + f] += sum;
-                    }
+    for (f = 0; f < F; ++f) {
+        const DLT_T* g = gzb + (long)f * oh * ow;
+        for (c = 0; c < C; ++c) {
+            const DLT_T* xc = xb + (long)c * H * W;
+            for (u = 0; u < kh; ++u) {
+                if (ow == 24 && kw == 5 && oh == 24)
+                    DLT_FN(dlt_gw_rows)(g, xc, acc, W, u, 5, 24, 24);
+                else
+                    DLT_FN(dlt_gw_rows)(g, xc, acc, W, u, kw, oh, ow);
+                for (v = 0; v < kw; ++v) {
+                    DLT_T sum = 0;
+                    for (j = 0; j < ow; ++j) sum += acc[(long)v * ow + j];
+                    G[(long)((c * kh + u) * kw + v) * F + f] += sum;
                 }
             }
         }
+    }
+}
+
+/* gwt (K, F) directly, image after image (see dlt_gw_direct_image). */
+static int DLT_FN(dlt_conv_gw_direct)(const DLT_T* x, const DLT_T* gz, DLT_T* gwt, int B, int C,
+                                      int H, int W, int F, int oh, int ow)
+{
+    const int kw = W - ow + 1, K = C * (H - oh + 1) * kw;
+    double* G = (double*)dlt_scratch(3, sizeof(double) * (long)K * F);
+    DLT_T* acc = (DLT_T*)dlt_scratch(2, sizeof(DLT_T) * (long)kw * ow);
+    long b, k;
+    if (!G || !acc) return -1;
+    memset(G, 0, sizeof(double) * (long)K * F);
+    for (b = 0; b < B; ++b)
+        DLT_FN(dlt_gw_direct_image)(x + b * C * H * W, gz + b * F * oh * ow, G, acc, C, H, W, F,
+                                    oh, ow);
     for (k = 0; k < (long)K * F; ++k) gwt[k] = (DLT_T)G[k];
     return 0;
+}
+
+/* gw (F, C, kh, kw) <- gwt (K, F), flipped back in both spatial axes. */
+static void DLT_FN(dlt_gw_unflip)(const DLT_T* gwt, DLT_T* gw, int F, int C, int kh, int kw)
+{
+    int f, c, u, v;
+    for (f = 0; f < F; ++f)
+        for (c = 0; c < C; ++c)
+            for (u = 0; u < kh; ++u)
+                for (v = 0; v < kw; ++v)
+                    gw[(((long)f * C + c) * kh + (kh - 1 - u)) * kw + (kw - 1 - v)] =
+                        gwt[(long)((c * kh + u) * kw + v) * F + f];
 }
 
 /* gw (F, C, H-oh+1, W-ow+1), the gradient of conv(x, w) with respect to w, from
@@ -304,7 +325,7 @@ static int DLT_FN(dlt_conv_gw)(const DLT_T* x, const DLT_T* gz, DLT_T* gw, int B
 {
     const int kh = H - oh + 1, kw = W - ow + 1, K = C * kh * kw;
     const long P = (long)oh * ow;
-    int chunk, b0, nb, f, c, u, v;
+    int chunk, b0, nb;
     DLT_T *gwt, *cols, *zm;
     /* gwt (K, F) = cols (K, N) @ zm^T: this way round BLAS splits the work over
        its threads. */
@@ -328,11 +349,6 @@ static int DLT_FN(dlt_conv_gw)(const DLT_T* x, const DLT_T* gz, DLT_T* gw, int B
             }
         }
     }
-    for (f = 0; f < F; ++f)
-        for (c = 0; c < C; ++c)
-            for (u = 0; u < kh; ++u)
-                for (v = 0; v < kw; ++v)
-                    gw[(((long)f * C + c) * kh + (kh - 1 - u)) * kw + (kw - 1 - v)] =
-                        gwt[(long)((c * kh + u) * kw + v) * F + f];
+    DLT_FN(dlt_gw_unflip)(gwt, gw, F, C, kh, kw);
     return 0;
 }
