@@ -19,7 +19,9 @@ PyTensor's mode ``C`` cannot compile the tutorials' functions as they come, and
   kernels are many times faster and differ from the C library's by up to a
   few units in the last place; float64 keeps the C library's, the original's;
 * a convolution and the max pooling of its output run image by image
-  (:class:`Conv2dMaxPool`), each image pooled while it is in the cache.
+  (:class:`Conv2dMaxPool`), each image pooled while it is in the cache, and so
+  do a first layer's pooling gradient and filter gradient
+  (:class:`MaxPoolConv2dGradFilters`).
 
 In ``DLT_CVM`` a last rewrite, under :data:`CVM_TAG`, runs the nodes whose work
 is a NumPy call of microseconds through their Ops' own ``perform``
