@@ -98,12 +98,7 @@ _C_CODE = """
     }
     dims[0] = PyArray_DIMS(ca)[0];
     dims[1] = PyArray_DIMS(cb)[1];
-    if (%(z)s == NULL || !PyArray_IS_C_CONTIGUOUS(%(z)s) || PyArray_DIMS(%(z)s)[0] != dims[0]
-        || PyArray_DIMS(%(z)s)[1] != dims[1]) {
-        Py_XDECREF(%(z)s);
-        %(z)s = (PyArrayObject*)PyArray_EMPTY(2, dims, %(typenum)s, 0);
-        if (%(z)s == NULL) goto fail_%(name)s;
-    }
+    if (dlt_output(&%(z)s, 2, dims, %(typenum)s) != 0) goto fail_%(name)s;
     lda = ta == 'N' ? (int)PyArray_DIMS(ca)[1] : (int)PyArray_DIMS(ca)[0];
     ldb = tb == 'N' ? (int)PyArray_DIMS(cb)[1] : (int)PyArray_DIMS(cb)[0];
     if (lda < 1) lda = 1;
@@ -147,7 +142,7 @@ class MatMul(COp):
         return [self(gz, y.T), self(x.T, gz)]
 
     def c_code_cache_version(self):
-        return (3,)
+        return (4,)
 
     def c_support_code(self, **kwargs):
         return c_support_code()
@@ -424,7 +419,7 @@ _CONV_POOL_C_CODE = """
     if (ca == NULL || cb == NULL) goto fail_%(name)s;
     #define A(i) PyArray_DIMS(ca)[i]
     #define B(i) PyArray_DIMS(cb)[i]
-    if (!(A(1) == B(1) && B(2) <= A(2) && B(3) <= A(3))) {
+    if (!(%(check)s)) {
         PyErr_Format(PyExc_ValueError, "conv2d: shapes (%%ld, %%ld, %%ld, %%ld) and "
                      "(%%ld, %%ld, %%ld, %%ld) do not fit", (long)A(0), (long)A(1), (long)A(2),
                      (long)A(3), (long)B(0), (long)B(1), (long)B(2), (long)B(3));
@@ -434,11 +429,7 @@ _CONV_POOL_C_CODE = """
     zd[2] = A(2) - B(2) + 1; zd[3] = A(3) - B(3) + 1;
     pd[2] = %(ib)s ? zd[2] / %(wh)s : (zd[2] + %(wh)s - 1) / %(wh)s;
     pd[3] = %(ib)s ? zd[3] / %(ww)s : (zd[3] + %(ww)s - 1) / %(ww)s;
-    if (%(p)s == NULL || !PyArray_IS_C_CONTIGUOUS(%(p)s) || !PyArray_CompareLists(PyArray_DIMS(%(p)s), pd, 4)) {
-        Py_XDECREF(%(p)s);
-        %(p)s = (PyArrayObject*)PyArray_EMPTY(4, pd, %(typenum)s, 0);
-        if (%(p)s == NULL) goto fail_%(name)s;
-    }
+    if (dlt_output(&%(p)s, 4, pd, %(typenum)s) != 0) goto fail_%(name)s;
     %(keep_z)s
     if (dlt_conv_fwd_pool_%(sfx)s((%(ctype)s*)PyArray_DATA(ca), (%(ctype)s*)PyArray_DATA(cb),
                                   %(z_data)s, (%(ctype)s*)PyArray_DATA(%(p)s),
@@ -456,15 +447,6 @@ _CONV_POOL_C_CODE = """
     if (!ok) { %(fail)s }
 }
 """
-
-_KEEP_Z_C_CODE = """
-    if (%(z)s == NULL || !PyArray_IS_C_CONTIGUOUS(%(z)s) || !PyArray_CompareLists(PyArray_DIMS(%(z)s), zd, 4)) {
-        Py_XDECREF(%(z)s);
-        %(z)s = (PyArrayObject*)PyArray_EMPTY(4, zd, %(typenum)s, 0);
-        if (%(z)s == NULL) goto fail_%(name)s;
-    }
-"""
-
 
 class Conv2dMaxPool(COp):
     """:class:`~deeplearning_tutorials.nnet.conv.Conv2d` and the
@@ -495,7 +477,7 @@ class Conv2dMaxPool(COp):
             output_storage[1][0] = z
 
     def c_code_cache_version(self):
-        return (2,)
+        return (3,)
 
     def c_support_code(self, **kwargs):
         return c_support_code("conv.c", "pool.c", "conv_pool.c")
@@ -504,11 +486,13 @@ class Conv2dMaxPool(COp):
         dtype = node.outputs[0].dtype
         ctype = {"float32": "npy_float32", "float64": "npy_float64"}[dtype]
         names = dict(x=inputs[0], w=inputs[1], p=outputs[0], name=name, fail=sub["fail"],
+                     check=Conv2d._c[2],
                      ib=int(self.ignore_border), wh=self.ws[0], ww=self.ws[1],
                      sfx=c_type_name(dtype), ctype=ctype, typenum=f"NPY_{dtype.upper()}")
         if self.keep_conv:
-            names.update(keep_z=_KEEP_Z_C_CODE % dict(names, z=outputs[1]),
-                         z_data=f"({ctype}*)PyArray_DATA({outputs[1]})")
+            z = outputs[1]
+            names.update(keep_z=f"if (dlt_output(&{z}, 4, zd, {names['typenum']}) != 0) goto fail_{name};",
+                         z_data=f"({ctype}*)PyArray_DATA({z})")
         else:
             names.update(keep_z="", z_data="NULL")
         return _CONV_POOL_C_CODE % names
@@ -539,11 +523,7 @@ _GW_POOL_C_CODE = """
         goto fail_%(name)s;
     }
     dims[0] = Z(1); dims[1] = X(1); dims[2] = X(2) - Z(2) + 1; dims[3] = X(3) - Z(3) + 1;
-    if (%(gw)s == NULL || !PyArray_IS_C_CONTIGUOUS(%(gw)s) || !PyArray_CompareLists(PyArray_DIMS(%(gw)s), dims, 4)) {
-        Py_XDECREF(%(gw)s);
-        %(gw)s = (PyArrayObject*)PyArray_EMPTY(4, dims, %(typenum)s, 0);
-        if (%(gw)s == NULL) goto fail_%(name)s;
-    }
+    if (dlt_output(&%(gw)s, 4, dims, %(typenum)s) != 0) goto fail_%(name)s;
     if (dlt_conv_gw_pool_%(sfx)s((%(ctype)s*)PyArray_DATA(cx), (%(ctype)s*)PyArray_DATA(cz),
                                  (%(ctype)s*)PyArray_DATA(cp), (%(ctype)s*)PyArray_DATA(cg),
                                  (%(ctype)s*)PyArray_DATA(%(gw)s), (int)X(0), (int)X(1), (int)X(2),
@@ -596,7 +576,7 @@ class MaxPoolConv2dGradFilters(COp):
         output_storage[0][0] = conv2d_grad_filters_numpy(x, gz).astype(x.dtype, copy=False)
 
     def c_code_cache_version(self):
-        return (1,)
+        return (2,)
 
     def c_support_code(self, **kwargs):
         return c_support_code("conv.c", "pool.c", "conv_pool.c")

@@ -195,13 +195,7 @@ _CONV_C_CODE = """
         goto fail_%(name)s;
     }
     dims[0] = %(d0)s; dims[1] = %(d1)s; dims[2] = %(d2)s; dims[3] = %(d3)s;
-    if (%(z)s == NULL || PyArray_NDIM(%(z)s) != 4 || PyArray_DIMS(%(z)s)[0] != dims[0]
-        || PyArray_DIMS(%(z)s)[1] != dims[1] || PyArray_DIMS(%(z)s)[2] != dims[2]
-        || PyArray_DIMS(%(z)s)[3] != dims[3] || !PyArray_IS_C_CONTIGUOUS(%(z)s)) {
-        Py_XDECREF(%(z)s);
-        %(z)s = (PyArrayObject*)PyArray_EMPTY(4, dims, %(typenum)s, 0);
-        if (%(z)s == NULL) goto fail_%(name)s;
-    }
+    if (dlt_output(&%(z)s, 4, dims, %(typenum)s) != 0) goto fail_%(name)s;
     if (%(kernel)s_%(sfx)s((%(ctype)s*)PyArray_DATA(ca), (%(ctype)s*)PyArray_DATA(cb),
                            (%(ctype)s*)PyArray_DATA(%(z)s), (int)%(args)s) != 0) {
         PyErr_NoMemory();
@@ -227,7 +221,7 @@ class _ConvOpBase(COp):
     _c = None
 
     def c_code_cache_version(self):
-        return (16,)
+        return (17,)
 
     def c_support_code(self, **kwargs):
         return c_support_code("conv.c")

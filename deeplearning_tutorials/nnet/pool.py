@@ -137,12 +137,7 @@ _POOL_C_CODE = """
             goto fail_%(name)s;
         }
     }
-    if (%(z)s == NULL || !PyArray_IS_C_CONTIGUOUS(%(z)s)
-        || !PyArray_CompareLists(PyArray_DIMS(%(z)s), dims, %(nd)s)) {
-        Py_XDECREF(%(z)s);
-        %(z)s = (PyArrayObject*)PyArray_EMPTY(%(nd)s, dims, %(typenum)s, 0);
-        if (%(z)s == NULL) goto fail_%(name)s;
-    }
+    if (dlt_output(&%(z)s, %(nd)s, dims, %(typenum)s) != 0) goto fail_%(name)s;
     if (%(grad)s)
         dlt_max_pool_grad_%(sfx)s((%(ctype)s*)PyArray_DATA(cx), (%(ctype)s*)PyArray_DATA(cm),
                                   (%(ctype)s*)PyArray_DATA(cg), (%(ctype)s*)PyArray_DATA(%(z)s),
@@ -170,7 +165,7 @@ class _PoolOpBase(COp):
         self.ignore_border = bool(ignore_border)
 
     def c_code_cache_version(self):
-        return (10,)
+        return (11,)
 
     def c_support_code(self, **kwargs):
         return c_support_code("pool.c")

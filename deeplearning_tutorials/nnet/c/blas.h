@@ -57,6 +57,19 @@ static void dlt_gemm_double(char ta, char tb, int M, int N, int K, double alpha,
     dlt_dgemm_ptr(&tb, &ta, &N, &M, &K, &alpha, (double*)B, &ldb, (double*)A, &lda, &beta, C, &ldc);
 }
 
+/* *z becomes a C-contiguous array of nd dims: the one already there when it fits
+   (a node's output from its last call), else a new one of typenum.  0, or -1
+   with a Python exception set. */
+static int dlt_output(PyArrayObject** z, int nd, npy_intp* dims, int typenum)
+{
+    if (*z != NULL && PyArray_NDIM(*z) == nd && PyArray_IS_C_CONTIGUOUS(*z)
+        && PyArray_CompareLists(PyArray_DIMS(*z), dims, nd))
+        return 0;
+    Py_XDECREF(*z);
+    *z = (PyArrayObject*)PyArray_EMPTY(nd, dims, typenum, 0);
+    return *z == NULL ? -1 : 0;
+}
+
 /* Scratch buffers (slots 0 to 3) kept from one call to the next: a fresh malloc of
    a few MB is a fresh mmap whose pages fault in again at every minibatch.  The
    Ops run with the GIL held, so one set per compiled module suffices.  NULL when
