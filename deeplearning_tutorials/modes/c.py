@@ -17,7 +17,9 @@ PyTensor's mode ``C`` cannot compile the tutorials' functions as they come, and
   element: in float32 the package's modes compute it with NumPy's ``tanh``
   (:class:`NumPyTanh`, a layer's bias added in the same node), whose vector
   kernels are many times faster and differ from the C library's by up to a
-  few units in the last place; float64 keeps the C library's, the original's;
+  few units in the last place; float64 keeps the C library's, the original's,
+  in the same node (``NumPyTanh(libm=True)``), whose C code, the same for any
+  number of dimensions, is one compiled module for every layer;
 * a convolution and the max pooling of its output run image by image
   (:class:`Conv2dMaxPool`), each image pooled while it is in the cache, and so
   do a first layer's pooling gradient and filter gradient
@@ -26,7 +28,7 @@ PyTensor's mode ``C`` cannot compile the tutorials' functions as they come, and
 In ``DLT_CVM`` a last rewrite, under :data:`CVM_TAG`, runs the nodes whose work
 is a NumPy call of microseconds through their Ops' own ``perform``
 (:class:`PythonNode`): shapes, views, indexing, integer results, exact float
-arithmetic on matrices and vectors; float32 sums accumulated in float64 become
+arithmetic; float32 sums accumulated in float64 become
 :class:`NumPySum`.  The CVM linker would compile a C module for each, about half
 a second apiece.
 
@@ -37,6 +39,8 @@ its choice of kernel; float32 ``tanh`` as NumPy computes it; a float32 sum
 accumulated in float64 in NumPy's order, whose last float64 bits the float32
 result does not show but on a rounding boundary).
 """
+
+import math
 
 import numpy as np
 import pytensor.tensor as pt
@@ -261,8 +265,9 @@ _TANH_SUPPORT_CODE = """
 static PyObject *dlt_tanh_ufunc = NULL, *dlt_add_ufunc = NULL;
 
 /* z = numpy.tanh(x, z), or numpy.tanh(numpy.add(x, b, z), z) when b is not NULL;
+   with libm, the C library's tanh of each float64 element in place of NumPy's;
    0, or -1 with a Python exception set. */
-static int dlt_numpy_tanh(PyArrayObject* x, PyArrayObject* b, PyArrayObject* z)
+static int dlt_numpy_tanh(PyArrayObject* x, PyArrayObject* b, PyArrayObject* z, int libm)
 {
     PyObject* result;
     if (dlt_tanh_ufunc == NULL) {
@@ -279,6 +284,13 @@ static int dlt_numpy_tanh(PyArrayObject* x, PyArrayObject* b, PyArrayObject* z)
         if (result == NULL) return -1;
         Py_DECREF(result);
         x = z;
+    }
+    if (libm) {  /* the C library's tanh, as PyTensor's own C code calls it */
+        npy_float64* d = (npy_float64*)PyArray_DATA(z);
+        npy_intp i, n = PyArray_SIZE(z);
+        if (x != z && PyArray_CopyInto(z, x) != 0) return -1;
+        for (i = 0; i < n; i++) d[i] = tanh(d[i]);
+        return 0;
     }
     result = PyObject_CallFunctionObjArgs(dlt_tanh_ufunc, (PyObject*)x, (PyObject*)z, NULL);
     if (result == NULL) return -1;
@@ -297,7 +309,7 @@ _TANH_C_CODE = """
                                               %(typenum)s, 0);
         if (%(z)s == NULL) { %(fail)s }
     }
-    if (dlt_numpy_tanh(%(x)s, %(b)s, %(z)s) != 0) { %(fail)s }
+    if (dlt_numpy_tanh(%(x)s, %(b)s, %(z)s, %(libm)s) != 0) { %(fail)s }
 }
 """
 
@@ -310,9 +322,17 @@ class NumPyTanh(COp):
     ``x + b`` into the output, and ``tanh`` takes it from there in place: the
     sum and the ``tanh`` in one pass over memory less, with the same numbers as
     ``tanh`` of PyTensor's ``Add`` (one rounding of each sum).
+
+    ``NumPyTanh(libm=True)`` (float64 only) takes the ``tanh`` of each element
+    from the C library, as PyTensor's C code does, instead of NumPy's: the same
+    numbers as PyTensor's ``tanh``, and, its C code being the same whatever
+    the number of dimensions, one compiled module for every layer's ``tanh``.
     """
 
-    __props__ = ()
+    __props__ = ("libm",)
+
+    def __init__(self, libm=False):
+        self.libm = bool(libm)
 
     def make_node(self, x, b=None):
         x = pt.as_tensor_variable(x)
@@ -325,6 +345,8 @@ class NumPyTanh(COp):
                 sb != 1 and sx != sb for sx, sb in zip(x.type.shape, inputs[1].type.shape)
                 if sb is not None and sx is not None)):
             raise TypeError(f"NumPyTanh: a bias {inputs[1].type} that does not fit {x.type}")
+        if self.libm and x.type.dtype != "float64":
+            raise TypeError(f"NumPyTanh(libm=True) computes float64 tensors, got {x.type}")
         return Apply(self, inputs, [x.type()])
 
     def perform(self, node, inputs, output_storage):
@@ -334,7 +356,11 @@ class NumPyTanh(COp):
             z = np.empty(x.shape, dtype=x.dtype)
         if len(inputs) == 2:
             x = np.add(x, inputs[1], out=z)
-        output_storage[0][0] = np.tanh(x, out=z)
+        if self.libm:
+            z[...] = _LIBM_TANH(x)
+            output_storage[0][0] = z
+        else:
+            output_storage[0][0] = np.tanh(x, out=z)
 
     def infer_shape(self, *args):
         # PyTensor 3.0 passes (fgraph, node, shapes); later versions (node, shapes).
@@ -350,7 +376,7 @@ class NumPyTanh(COp):
         return [g, pt.sum(g, axis=axes, keepdims=True) if axes else g]
 
     def c_code_cache_version(self):
-        return (2,)
+        return (3,)
 
     def c_support_code(self, **kwargs):
         return _TANH_SUPPORT_CODE
@@ -358,14 +384,22 @@ class NumPyTanh(COp):
     def c_code(self, node, name, inputs, outputs, sub):
         dtype = node.outputs[0].dtype
         return _TANH_C_CODE % dict(x=inputs[0], b=inputs[1] if len(inputs) == 2 else "NULL",
-                                   z=outputs[0], fail=sub["fail"], typenum=f"NPY_{dtype.upper()}")
+                                   z=outputs[0], fail=sub["fail"], typenum=f"NPY_{dtype.upper()}",
+                                   libm=int(self.libm))
 
+    def __str__(self):
+        return "NumPyTanh{libm}" if self.libm else "NumPyTanh"
+
+
+# The C library's tanh (Python's math.tanh calls it), element by element.
+_LIBM_TANH = np.frompyfunc(math.tanh, 1, 1)
 
 numpy_tanh = NumPyTanh()
+libm_tanh = NumPyTanh(libm=True)
 
 
 def _tanh_bias(fgraph, x):
-    """``(a, b)`` when ``x`` is ``a + b`` of two float32 tensors that only this
+    """``(a, b)`` when ``x`` is ``a + b`` of two float tensors that only this
     ``tanh`` reads, ``a`` of the sum's type and ``b`` broadcast over it; else None."""
     node = x.owner
     if (node is None or not isinstance(node.op, Elemwise) or not isinstance(node.op.scalar_op, Add)
@@ -382,21 +416,23 @@ def _tanh_bias(fgraph, x):
 @node_rewriter([Elemwise])
 def local_numpy_tanh(fgraph, node):
     """``tanh(x)`` of a float32 tensor -> :class:`NumPyTanh`; ``tanh(a + b)``
-    (a bias added to a layer's output, maybe reshaped between) -> ``NumPyTanh(a, b)``."""
+    (a bias added to a layer's output, maybe reshaped between) -> ``NumPyTanh(a, b)``;
+    in float64 the same with ``NumPyTanh(libm=True)``."""
     if not isinstance(node.op.scalar_op, Tanh):
         return None
     (x,), (out,) = node.inputs, node.outputs
-    if x.type != out.type or out.type.dtype != "float32":
+    if x.type != out.type or out.type.dtype not in ("float32", "float64"):
         return None
+    op = libm_tanh if out.type.dtype == "float64" else numpy_tanh
     reshape = x.owner if x.owner is not None and isinstance(x.owner.op, Reshape) else None
     if reshape is not None and len(fgraph.clients[x]) == 1:
         pair = _tanh_bias(fgraph, reshape.inputs[0])
-        new = None if pair is None else reshape.op(numpy_tanh(*pair), *reshape.inputs[1:])
+        new = None if pair is None else reshape.op(op(*pair), *reshape.inputs[1:])
     else:
         pair = _tanh_bias(fgraph, x)
-        new = None if pair is None else numpy_tanh(*pair)
+        new = None if pair is None else op(*pair)
     if new is None or new.type != out.type:
-        new = numpy_tanh(x)
+        new = op(x)
     copy_stack_trace(out, new)
     return [new]
 
@@ -643,18 +679,17 @@ CVM_TAG = "deeplearning_tutorials_cvm"
 
 # Ops that only move or check shapes, views and indices: their ``perform`` costs
 # microseconds whatever the arrays, while compiling their C code costs a third of
-# a second each.  NumPyTanh's C code calls NumPy anyway.
+# a second each.
 _BOOKKEEPING = (Shape, Shape_i, ScalarFromTensor, TensorFromScalar, MakeVector, CheckAndRaise,
                 SpecifyShape, Reshape, DimShuffle, Subtensor, AdvancedSubtensor,
-                AdvancedIncSubtensor, ARange, Alloc, Argmax, NumPyTanh)
+                AdvancedIncSubtensor, ARange, Alloc, Argmax)
 if AdvancedSubtensor1 is not None:
     _BOOKKEEPING += (AdvancedSubtensor1, AdvancedIncSubtensor1)
 
 # Float arithmetic whose every result NumPy rounds as C does: one correctly
-# rounded operation per element.  In Python only on matrices and vectors (a
-# likelihood's n x 10 classes), where a NumPy call costs microseconds;
-# ``Elemwise.perform`` copies the results of in-place nodes, which costs on a
-# layer's 4-d tensors.
+# rounded operation per element, as fast in NumPy as in C.  (``Elemwise.perform``
+# writes an in-place node's result into its input by a copy: a millisecond on
+# LeNet5's largest such node, the second layer's bias.)
 _EXACT = (Add, Sub, Mul, TrueDiv, Neg, Maximum, Minimum)
 
 
@@ -707,6 +742,8 @@ def _runs_in_python(node):
     op = node.op
     if isinstance(op, _BOOKKEEPING):
         return True
+    if isinstance(op, NumPyTanh):  # its C code calls NumPy anyway; the C library's tanh stays C
+        return not op.libm
     if not isinstance(op, (Elemwise, CAReduce)):
         return False
     spec = getattr(op, "nfunc_spec", None)
@@ -717,9 +754,10 @@ def _runs_in_python(node):
         return False
     if all(out.type.dtype.startswith(("int", "uint", "bool")) for out in node.outputs):
         return True
+    if isinstance(op, Elemwise):
+        return isinstance(op.scalar_op, _EXACT)
     # A maximum is the same whatever the order of its elements; a sum is not.
-    exact = (Maximum, Minimum) if isinstance(op, CAReduce) else _EXACT
-    return isinstance(op.scalar_op, exact) and all(out.type.ndim <= 2 for out in node.outputs)
+    return isinstance(op.scalar_op, (Maximum, Minimum)) and all(out.type.ndim <= 2 for out in node.outputs)
 
 
 class NumPySum(Op):

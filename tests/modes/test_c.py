@@ -15,6 +15,7 @@
 """
 
 import functools
+import math
 
 import numpy as np
 import pytensor
@@ -31,6 +32,7 @@ import deeplearning_tutorials.modes  # noqa: F401 (registers the DLT_ modes)
 from deeplearning_tutorials.modes import WholeGraphCLinker
 from deeplearning_tutorials.modes.c import (CVM_TAG, TAG, AdvancedIncSubtensor1, MatMul, NumPySum,
                                            NumPyTanh, PythonNode, matmul)
+from deeplearning_tutorials.nnet import pool_2d
 
 DTYPES = ["float32", "float64"]
 RTOL = {"float32": 1e-5, "float64": 1e-12}
@@ -242,12 +244,34 @@ def test_float32_tanh_becomes_numpy_tanh_only_in_the_packages_c_modes(reshaped):
 
 @pytest.mark.parametrize("mode", C_MODES)
 def test_float64_tanh_stays_the_c_librarys(mode):
-    # The original's precision keeps the original's tanh.
-    x = pt.matrix("x", dtype="float64")
-    fn = pytensor.function([x], pt.tanh(x), mode=mode)
-    assert "NumPyTanh" not in op_names(fn)
-    xv = np.linspace(-5, 5, 40).reshape(5, 8)
-    np.testing.assert_allclose(fn(xv), np.tanh(xv), rtol=1e-15)
+    # The original's precision keeps the original's tanh: the C library's, as
+    # PyTensor's own C code computes it, bit for bit, with a layer's bias or without.
+    x, b = pt.tensor4("x", dtype="float64"), pt.tensor("b", dtype="float64", shape=(1, None, 1, 1))
+    z = x + b
+    outs = [pt.tanh(z), pt.tanh(z.reshape((z.shape[0], -1))), pt.tanh(x)]
+    rng = np.random.default_rng(5)
+    xv = np.concatenate([rng.standard_normal(60) * 3, TANH_SPECIAL]).reshape(3, 4, 6, 1)
+    bv = rng.standard_normal((1, 4, 1, 1))
+    theirs = pytensor.function([x, b], outs, mode="CVM")(xv, bv)
+    ours = pytensor.function([x, b], outs, mode=mode)
+    tanhs = [node.op for node in ours.maker.fgraph.apply_nodes if "tanh" in str(node.op).lower()]
+    assert tanhs and all(isinstance(op, NumPyTanh) and op.libm for op in tanhs), tanhs
+    for got, want in zip(ours(xv, bv), theirs):
+        np.testing.assert_array_equal(got, want)
+    libm = np.vectorize(math.tanh)
+    np.testing.assert_array_equal(theirs[0], libm(xv + bv))
+
+
+def test_the_c_librarys_tanh_is_float64_only_and_so_is_its_perform():
+    with pytest.raises(TypeError, match="float64"):
+        NumPyTanh(libm=True)(pt.matrix(dtype="float32"))
+    x, b = pt.matrix("x", dtype="float64"), pt.row("b", dtype="float64")
+    y = NumPyTanh(libm=True)(x, b)
+    assert str(y.owner.op) == "NumPyTanh{libm}" and NumPyTanh(libm=True) == y.owner.op != NumPyTanh()
+    xv, bv = np.array([TANH_SPECIAL, np.linspace(-4, 4, 12)]), np.linspace(-1, 1, 12)[None]
+    fn = pytensor.function([x, b], y, mode="FAST_COMPILE")  # perform
+    for _ in range(2):
+        np.testing.assert_array_equal(fn(xv, bv), np.vectorize(math.tanh)(xv + bv))
 
 
 # ---------------------------------------------------------------------------
@@ -471,6 +495,24 @@ def test_cvm_runs_bookkeeping_nodes_in_python_with_the_same_bits(dtype):
     assert len(_c_thunk_nodes(cvm)) < len(_c_thunk_nodes(all_c)) - 5
     for got, ref in zip(cvm(*values), all_c(*values)):
         np.testing.assert_array_equal(got, ref)
+
+
+def test_cvm_runs_4d_arithmetic_in_python_in_place_too():
+    # A layer's bias added to its (pooled) output, in place: the result is written
+    # back into the input's array, as the C code writes it.
+    x, b = pt.tensor4("x"), pt.tensor("b", shape=(1, None, 1, 1))
+    y = pool_2d(x, ws=(2, 2)) + b
+    out = [y.reshape((y.shape[0], -1)), y.sum(axis=(0, 2, 3))]
+    cvm = pytensor.function([x, b], out, mode="DLT_CVM")
+    all_c = pytensor.function([x, b], out, mode=get_mode("DLT_CVM").excluding(CVM_TAG))
+    wrapped = [node for node in cvm.maker.fgraph.apply_nodes
+               if isinstance(node.op, PythonNode) and node.outputs[0].ndim == 4]
+    assert [str(node.op.op) for node in wrapped] == ["Add"] and wrapped[0].op.destroy_map
+    rng = np.random.default_rng(6)
+    xv, bv = rng.standard_normal((5, 3, 4, 4)), rng.standard_normal((1, 3, 1, 1))
+    for _ in range(2):
+        for got, ref in zip(cvm(xv, bv), all_c(xv, bv)):
+            np.testing.assert_array_equal(got, ref)
 
 
 def test_cvm_python_nodes_keep_in_place_increments_and_checks():
