@@ -147,10 +147,15 @@ def _register_numba():
         axes = tuple(i for i, s in enumerate(op.shape) if s is not None)
         sizes = tuple(s for s in op.shape if s is not None)
         message = op.message()
+        if not axes:
+            def shape_check_none(x):
+                return x
+
+            return numba_njit(shape_check_none)
 
         @numba_njit
         def shape_check(x):
-            for k in range(len(axes)):  # noqa: B007 (an empty tuple types as one)
+            for k in range(len(axes)):
                 if x.shape[axes[k]] != sizes[k]:
                     raise AssertionError(message)
             return x
@@ -187,5 +192,15 @@ def _register_numba():
     _REGISTERED.append(True)
 
 
+@node_rewriter([ShapeCheck, Full])
+def register_numba(fgraph, node):
+    """Register the Ops' Numba implementations when a graph holds them (built by
+    hand, in any mode); change nothing in the graph."""
+    _register_numba()
+    return None
+
+
 optdb.register("deeplearning_tutorials_numba_quick_compile", dfs_rewriter(local_numba_quick_compile), TAG,
                position=48.9, use_db_name_as_tag=False)
+optdb.register("deeplearning_tutorials_numba_quick_compile_ops", dfs_rewriter(register_numba), "fast_run",
+               position=0)

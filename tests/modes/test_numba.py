@@ -50,7 +50,8 @@ def test_a_wrong_shape_is_refused_as_pytensor_refuses_it(mode):
         f(np.ones((3, 7)))
 
 
-@pytest.mark.parametrize("mode", ["DLT_NUMBA", "FAST_COMPILE"])
+@pytest.mark.filterwarnings("error:Numba will use object mode")
+@pytest.mark.parametrize("mode", ["DLT_NUMBA", "NUMBA", "FAST_COMPILE"])
 def test_the_ops_themselves(mode):
     # Built directly: Numba's implementations and the Python ones (perform).
     x, n = pt.tensor3("x"), pt.lscalar("n")
@@ -65,6 +66,8 @@ def test_the_ops_themselves(mode):
         f(np.zeros((3, 5, 2)), 6)
     with pytest.raises(TypeError, match="needs a 2-d tensor"):
         ShapeCheck((2, 5))(x)
+    free = pytensor.function([x], ShapeCheck((None, None, None))(x) * 2, mode=mode)
+    assert free(np.ones((1, 2, 3))).sum() == 12
 
 
 def test_an_alloc_of_varied_values_is_left_to_pytensor():
