@@ -122,9 +122,8 @@ def local_numba_quick_compile(fgraph, node):
         if value is None or out.type.dtype == "bool" or not 1 <= out.type.ndim <= 4:
             return None
         new = Full(value, out.type.dtype, out.type.shape)(*node.inputs[1:])
-    if new.type != node.outputs[0].type:
+    if new.type != node.outputs[0].type or not _register_numba():
         return None
-    _register_numba()
     copy_stack_trace(node.outputs[0], new)
     return [new]
 
@@ -133,14 +132,20 @@ _REGISTERED = []
 
 
 def _register_numba():
-    """Register the two Ops' Numba implementations, once.
+    """Register the two Ops' Numba implementations, once; whether they are.
 
     Not done at import: importing PyTensor's Numba dispatch imports Numba, whose
     threads start as it loads; this runs only when ``DLT_NUMBA`` compiles.
     """
     if _REGISTERED:
-        return
-    from pytensor.link.numba.dispatch.basic import numba_njit, register_funcify_default_op_cache_key
+        return True
+    try:
+        from pytensor.link.numba.dispatch.basic import numba_njit, register_funcify_default_op_cache_key
+    except OSError:
+        # PyTensor's Numba backend cannot start here (its cache folder, say):
+        # its linker meets the same error when it imports that backend, and
+        # raises it where the program can report it.
+        return False
 
     @register_funcify_default_op_cache_key(ShapeCheck)
     def numba_funcify_ShapeCheck(op, node=None, **kwargs):
@@ -190,6 +195,7 @@ def _register_numba():
         return numba_njit((full_1, full_2, full_3, full_4)[len(op.static_shape) - 1])
 
     _REGISTERED.append(True)
+    return True
 
 
 @node_rewriter([ShapeCheck, Full])
