@@ -60,8 +60,9 @@ class ShapeCheck(Op):
             raise AssertionError(f"{self.message()}, got {x.shape}")
         output_storage[0][0] = x
 
-    def infer_shape(self, fgraph, node, shapes):
-        return [tuple(d if s is None else s for d, s in zip(shapes[0], self.shape))]
+    def infer_shape(self, *args):
+        # PyTensor 3.0 passes (fgraph, node, shapes); later versions (node, shapes).
+        return [tuple(d if s is None else s for d, s in zip(args[-1][0], self.shape))]
 
 
 class Full(Op):
@@ -87,8 +88,8 @@ class Full(Op):
         shape = tuple(int(s) for s in inputs)
         output_storage[0][0] = np.full(shape, self.value, dtype=self.dtype)
 
-    def infer_shape(self, fgraph, node, shapes):
-        return [tuple(node.inputs)]
+    def infer_shape(self, *args):
+        return [tuple(args[-2].inputs)]
 
 
 def _single_value(variable):

@@ -85,3 +85,11 @@ def test_the_rewrite_is_registered_under_the_packages_tag_only():
     assert TAG in get_mode("DLT_NUMBA").provided_optimizer.include
     for mode in ("NUMBA", "CVM", "C", "JAX", "FAST_RUN", "DLT_CVM", "DLT_C", "DLT_JAX"):
         assert TAG not in get_mode(mode).provided_optimizer.include, mode
+
+
+def test_their_shapes_are_known_without_running_them():
+    x, n = pt.tensor3("x"), pt.lscalar("n")
+    shapes = [ShapeCheck((None, 2, 5))(x).shape, Full(0.0, "float64", (None, 4))(n, 4).shape]
+    f = pytensor.function([x, n], shapes)
+    assert not {"ShapeCheck", "Full"} & set(_ops(f))
+    assert [s.tolist() for s in f(np.zeros((3, 2, 5)), 6)] == [[3, 2, 5], [6, 4]]
