@@ -69,6 +69,8 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.link.jax.linker import JAXLinker
 from pytensor.tensor.elemwise import CAReduce
 
+from deeplearning_tutorials import dispatch
+
 __all__ = [
     "TAG",
     "DeviceJAXLinker",
@@ -344,7 +346,8 @@ def _residual(indices, axis):
 def _slice_to_rewrite(x, index_vars, idx_list):
     """``(indices, axis, length, entry)`` of the slice of ``x`` to make static-length, or None.
 
-    Registers the JAX implementations of the dynamic-slice Ops when there is one.
+    Registers the JAX code of the dynamic-slice Ops when there is one (none
+    without JAX).
     """
     indices = indices_from_subtensor(index_vars, idx_list)
     found = _first_constant_length_slice(indices)
@@ -354,7 +357,8 @@ def _slice_to_rewrite(x, index_vars, idx_list):
     static = x.type.shape[axis]
     if static is not None and static < length:
         return None
-    register_jax_dispatch()
+    if not dispatch.JAX.load(DynamicSlice):
+        return None
     return indices, axis, length, entry
 
 
@@ -476,60 +480,7 @@ optdb.register(
     position=0.05,
     use_db_name_as_tag=False,
 )
-
-
-_jax_registered = False
-
-
-def register_jax_dispatch() -> bool:
-    """Give :class:`DynamicSlice` and :class:`DynamicIncSlice` their JAX implementations.
-
-    The rewrites call this when they fire, that is while a function is being
-    compiled for JAX. It is not done at import because importing
-    ``pytensor.link.jax.dispatch`` fixes ``jax_enable_x64`` from the
-    ``floatX`` of that moment; PyTensor itself imports it at the first JAX
-    compile, and so, through this function, do we.
-
-    Returns
-    -------
-    bool
-        Whether JAX is available (and the implementations registered).
-    """
-    global _jax_registered
-    if _jax_registered:
-        return True
-    try:
-        import jax
-        from pytensor.link.jax.dispatch import jax_funcify
-    except ImportError:
-        return False
-
-    @jax_funcify.register(DynamicSlice)
-    def _jax_funcify_dynamic_slice(op, node=None, **kwargs):
-        axis, length = op.axis, op.length
-
-        def dynamic_slice(x, start):
-            return jax.lax.dynamic_slice_in_dim(x, start, length, axis=axis)
-
-        return dynamic_slice
-
-    @jax_funcify.register(DynamicIncSlice)
-    def _jax_funcify_dynamic_inc_slice(op, node=None, **kwargs):
-        axis, length, set_instead_of_inc = op.axis, op.length, op.set_instead_of_inc
-
-        def dynamic_inc_slice(x, y, start):
-            if set_instead_of_inc:
-                shape = list(x.shape)
-                shape[axis] = length
-                window = jax.numpy.broadcast_to(y, shape)
-            else:
-                window = jax.lax.dynamic_slice_in_dim(x, start, length, axis=axis) + y
-            return jax.lax.dynamic_update_slice_in_dim(x, window.astype(x.dtype), start, axis=axis)
-
-        return dynamic_inc_slice
-
-    _jax_registered = True
-    return True
+dispatch.JAX.add("deeplearning_tutorials.modes.jax_dispatch", DynamicSlice, DynamicIncSlice)
 
 
 class _DeviceCell:

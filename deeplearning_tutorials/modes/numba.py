@@ -25,6 +25,8 @@ from pytensor.tensor.basic import Alloc
 from pytensor.tensor.shape import SpecifyShape
 from pytensor.tensor.type_other import NoneTypeT
 
+from deeplearning_tutorials import dispatch
+
 __all__ = ["TAG", "ShapeCheck", "Full"]
 
 #: The tag of the rewrites only ``DLT_NUMBA`` runs.
@@ -123,91 +125,12 @@ def local_numba_quick_compile(fgraph, node):
         if value is None or out.type.dtype == "bool" or not 1 <= out.type.ndim <= 4:
             return None
         new = Full(value, out.type.dtype, out.type.shape)(*node.inputs[1:])
-    if new.type != node.outputs[0].type or not _register_numba():
+    if new.type != node.outputs[0].type or not dispatch.NUMBA.load(type(new.owner.op)):
         return None
     copy_stack_trace(node.outputs[0], new)
     return [new]
 
 
-_REGISTERED = []
-
-
-def _register_numba():
-    """Register the two Ops' Numba implementations, once; whether they are.
-
-    Not done at import: importing PyTensor's Numba dispatch imports Numba, whose
-    threads start as it loads; this runs only when ``DLT_NUMBA`` compiles.
-    """
-    if _REGISTERED:
-        return True
-    try:
-        from pytensor.link.numba.dispatch.basic import numba_njit, register_funcify_default_op_cache_key
-    except OSError:
-        # PyTensor's Numba backend cannot start here (its cache folder, say):
-        # its linker meets the same error when it imports that backend, and
-        # raises it where the program can report it.
-        return False
-
-    @register_funcify_default_op_cache_key(ShapeCheck)
-    def numba_funcify_ShapeCheck(op, node=None, **kwargs):
-        axes = tuple(i for i, s in enumerate(op.shape) if s is not None)
-        sizes = tuple(s for s in op.shape if s is not None)
-        message = op.message()
-        if not axes:
-            def shape_check_none(x):
-                return x
-
-            return numba_njit(shape_check_none)
-
-        @numba_njit
-        def shape_check(x):
-            for k in range(len(axes)):
-                if x.shape[axes[k]] != sizes[k]:
-                    raise AssertionError(message)
-            return x
-
-        return shape_check
-
-    @register_funcify_default_op_cache_key(Full)
-    def numba_funcify_Full(op, node=None, **kwargs):
-        value, dtype = op.value, np.dtype(op.dtype)
-
-        # One function per number of dimensions: Numba builds no tuple of a
-        # length it does not know.
-        def fill(shape):
-            out = np.empty(shape, dtype=dtype)
-            out.fill(value)
-            return out
-
-        fill = numba_njit(fill)
-
-        def full_1(a):
-            return fill((a.item(),))
-
-        def full_2(a, b):
-            return fill((a.item(), b.item()))
-
-        def full_3(a, b, c):
-            return fill((a.item(), b.item(), c.item()))
-
-        def full_4(a, b, c, d):
-            return fill((a.item(), b.item(), c.item(), d.item()))
-
-        return numba_njit((full_1, full_2, full_3, full_4)[len(op.static_shape) - 1])
-
-    _REGISTERED.append(True)
-    return True
-
-
-@node_rewriter([ShapeCheck, Full])
-def register_numba(fgraph, node):
-    """Register the Ops' Numba implementations when a graph holds them (built by
-    hand, in any mode); change nothing in the graph."""
-    _register_numba()
-    return None
-
-
 optdb.register("deeplearning_tutorials_numba_quick_compile", dfs_rewriter(local_numba_quick_compile), TAG,
                position=48.9, use_db_name_as_tag=False)
-optdb.register("deeplearning_tutorials_numba_quick_compile_ops", dfs_rewriter(register_numba), "fast_run",
-               position=0)
+dispatch.NUMBA.add("deeplearning_tutorials.modes.numba_dispatch", ShapeCheck, Full)

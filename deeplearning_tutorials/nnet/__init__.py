@@ -12,13 +12,11 @@
 
 The Ops carry their own NumPy and C implementations. Their Numba (:mod:`.numba`)
 and JAX (:mod:`.jax`) implementations are registered with PyTensor's backends the
-first time a graph holding them is compiled (see :func:`register_numba` and
-:func:`register_jax`). Nothing else of PyTensor changes.
+first time a graph holding them is compiled (:mod:`deeplearning_tutorials.dispatch`).
+Nothing else of PyTensor changes.
 """
 
-from pytensor.compile import optdb
-from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
-
+from deeplearning_tutorials import dispatch
 from deeplearning_tutorials.nnet.abstract_conv import conv2d
 from deeplearning_tutorials.nnet.conv import Conv2d, Conv2dGradFilters, Conv2dGradInputs
 from deeplearning_tutorials.nnet.nnet import (
@@ -39,44 +37,8 @@ _OPS = [Conv2d, Conv2dGradInputs, Conv2dGradFilters, MaxPool2d, MaxPool2dGrad, P
         Pad2d, Crop2d]
 
 
-@node_rewriter(_OPS)
-def register_numba(fgraph, node):
-    """Register the Ops' Numba implementations; change nothing in the graph.
-
-    Port note: importing PyTensor's Numba dispatch (which :mod:`.numba` must do
-    to register) imports Numba and SciPy's BLAS, whose threads start as it loads;
-    so it is not done at import, but by this rewrite, which runs in every
-    ``fast_run`` mode (PyTensor's default Numba mode asks for no tag of its own),
-    only on graphs that hold these Ops, before any linker converts them.
-    """
-    try:
-        from deeplearning_tutorials.nnet import numba  # noqa: F401 (registers)
-    except OSError:
-        # PyTensor's Numba backend cannot start here (its cache folder, say):
-        # its linker meets the same error when it imports that backend, and
-        # raises it where the program can report it.
-        pass
-    return None
-
-
-@node_rewriter(_OPS)
-def register_jax(fgraph, node):
-    """Register the Ops' JAX implementations; change nothing in the graph.
-
-    Port note: importing PyTensor's JAX dispatch (which :mod:`.jax` must do to
-    register) sets JAX's 64-bit flag from the ``floatX`` of that moment, so it is
-    not done at import. This rewrite runs only in modes that include PyTensor's
-    ``"jax"`` tag, only on graphs with these Ops, just before PyTensor's JAX
-    linker imports the same dispatch itself.
-    """
-    from deeplearning_tutorials.nnet import jax  # noqa: F401 (registers)
-
-    return None
-
-
-optdb.register("deeplearning_tutorials_nnet_numba", dfs_rewriter(register_numba), "fast_run",
-               position=0)
-optdb.register("deeplearning_tutorials_nnet_jax", dfs_rewriter(register_jax), "jax", position=0)
+dispatch.NUMBA.add("deeplearning_tutorials.nnet.numba", *_OPS)
+dispatch.JAX.add("deeplearning_tutorials.nnet.jax", *_OPS)
 
 __all__ = [
     "conv2d",
