@@ -16,26 +16,27 @@ import pytest
 
 MNIST_ENV = "DEEPLEARNING_TUTORIALS_MNIST"
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# PyTensor's default (3.0 and 3.3): platform, processor and Python version.
+COMPILEDIR_FORMAT = "compiledir_%(short_platform)s-%(processor)s-%(python_version)s-%(python_bitwidth)s"
 
 
 def _own_compiledir_per_worker():
-    """Under pytest-xdist (``-n``), give each worker a PyTensor cache of its own,
+    """Under pytest-xdist (``-n``), give each worker a C compile cache of its own,
     and one BLAS thread.
 
-    PyTensor holds its cache's lock while the compiler runs: workers sharing one
-    cache would compile one at a time.  Runs before any test module imports
-    PyTensor or NumPy, which read these once.
+    PyTensor holds its C cache's lock while the compiler runs: workers sharing one
+    would compile one at a time.  The worker's name goes into the C cache's folder
+    name (``compiledir_format``), under the one ``base_compiledir``, so that the
+    workers still share PyTensor's Numba cache (``<base_compiledir>/numba``), which
+    takes no lock.  Runs before any test module imports PyTensor or NumPy, which
+    read these once.
     """
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if not worker:
         return
-    flags = [flag for flag in os.environ.get("PYTENSOR_FLAGS", "").split(",") if flag]
-    base = Path("~/.pytensor").expanduser()
-    for flag in flags:
-        if flag.startswith("base_compiledir="):
-            base = Path(flag.split("=", 1)[1])
-    flags = [flag for flag in flags if not flag.startswith("base_compiledir=")]
-    flags.append(f"base_compiledir={base / ('xdist-' + worker)}")
+    flags = [flag for flag in os.environ.get("PYTENSOR_FLAGS", "").split(",")
+             if flag and not flag.startswith("compiledir_format=")]
+    flags.append(f"compiledir_format=xdist-{worker}-{COMPILEDIR_FORMAT}")
     os.environ["PYTENSOR_FLAGS"] = ",".join(flags)
     # One BLAS thread per worker: the workers already fill the cores, and
     # OpenBLAS threads waiting for work would take turns with the other workers.
