@@ -409,7 +409,7 @@ def max_pool_grad_3d(x3, out3, gz3, wh, ww):
 
 
 # Bump when a kernel changes, so that PyTensor's on-disk cache is not reused stale.
-_VERSION = 2
+_VERSION = 3
 
 
 @register_funcify_default_op_cache_key(Conv2d)
@@ -470,33 +470,56 @@ def numba_funcify_MaxPool2dGrad(op, node=None, **kwargs):
     return max_pool_grad, _VERSION
 
 
+@_njit
+def _pad(x, sizes, value):
+    b0, b1, a0, a1, m0, m1, i0, i1 = sizes
+    h, w = x.shape[-2], x.shape[-1]
+    x3 = np.ascontiguousarray(x).reshape((-1, h, w))
+    y3 = np.empty((x3.shape[0], max(h + max(h - 1, 0) * i0 + b0 + a0, m0),
+                   max(w + max(w - 1, 0) * i1 + b1 + a1, m1)), dtype=x.dtype)
+    y3.fill(value)
+    for p in range(x3.shape[0]):
+        for r in range(h):
+            for c in range(w):
+                y3[p, b0 + r * (i0 + 1), b1 + c * (i1 + 1)] = x3[p, r, c]
+    return y3.reshape(x.shape[:-2] + (y3.shape[1], y3.shape[2]))
+
+
+@_njit
+def _crop(gy, x, sizes):
+    b0, b1, s0, s1 = sizes
+    h, w = x.shape[-2], x.shape[-1]
+    gy3 = np.ascontiguousarray(gy).reshape((-1, gy.shape[-2], gy.shape[-1]))
+    out = np.empty((gy3.shape[0], h, w), dtype=gy.dtype)
+    for p in range(gy3.shape[0]):
+        for r in range(h):
+            for c in range(w):
+                out[p, r, c] = gy3[p, b0 + r * s0, b1 + c * s1]
+    return out.reshape(x.shape)
+
+
+# Pad2d and Crop2d: each node's function only passes its Op's constants to the
+# cached kernels above, so that a node compiles in a fraction of a second. The
+# sizes go in an array: integer constants would each compile a kernel of their own.
 @register_funcify_default_op_cache_key(Pad2d)
 def numba_funcify_Pad2d(op, node=None, **kwargs):
-    (b0, b1), (a0, a1), (m0, m1), value = op.before, op.after, op.at_least, op.value
-    (i0, i1), (s0, s1) = op.interior, op.steps()
+    sizes = np.array([*op.before, *op.after, *op.at_least, *op.interior], dtype=np.int64)
+    value = op.value
 
     @numba_njit
     def pad2d(x):
-        h, w = x.shape[-2], x.shape[-1]
-        x3 = np.ascontiguousarray(x).reshape((-1, h, w))
-        y3 = np.full((x3.shape[0], max(h + max(h - 1, 0) * i0 + b0 + a0, m0),
-                      max(w + max(w - 1, 0) * i1 + b1 + a1, m1)), value, dtype=x.dtype)
-        y3[:, b0 : b0 + (h - 1) * s0 + 1 : s0, b1 : b1 + (w - 1) * s1 + 1 : s1] = x3
-        return y3.reshape(x.shape[:-2] + (y3.shape[1], y3.shape[2]))
+        return _pad(x, sizes, value)
 
     return pad2d, _VERSION
 
 
 @register_funcify_default_op_cache_key(Crop2d)
 def numba_funcify_Crop2d(op, node=None, **kwargs):
-    (b0, b1), (s0, s1) = op.before, op.step
+    sizes = np.array([*op.before, *op.step], dtype=np.int64)
 
     @numba_njit
     def crop2d(gy, x):
-        h, w = x.shape[-2], x.shape[-1]
-        gy3 = gy.reshape((-1, gy.shape[-2], gy.shape[-1]))
-        part = gy3[:, b0 : b0 + (h - 1) * s0 + 1 : s0, b1 : b1 + (w - 1) * s1 + 1 : s1]
-        return np.ascontiguousarray(part).reshape(x.shape)
+        return _crop(gy, x, sizes)
 
     return crop2d, _VERSION
 
