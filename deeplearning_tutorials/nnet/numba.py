@@ -593,46 +593,59 @@ def _planes(size, h, w):
     return size // (h * w) if h * w > 0 else 0
 
 
-def _pool_parts(op):
+@_njit
+def _pool_windows(h, w, params):
+    wh, ww, sh, sw, ph, pw, ib, inc = params[:8]
+    return _windows(h, wh, sh, ph, ib != 0, inc != 0), _windows(w, ww, sw, pw, ib != 0, inc != 0)
+
+
+def _pool_params(op):
+    """The Op's constants, for the cached kernels: as an array, since integer
+    constants would each compile a kernel of their own."""
     (wh, ww), (sh, sw), (ph, pw) = op.ws, op.stride, op.pad
-    ib, inc = op.ignore_border, op.mode == "average_inc_pad"
     mode = {"max": 0, "sum": 1}.get(op.mode, 2)
+    return np.array([wh, ww, sh, sw, ph, pw, op.ignore_border, op.mode == "average_inc_pad", mode],
+                    dtype=np.int64)
 
-    @numba_njit
-    def windows(h, w):
-        return _windows(h, wh, sh, ph, ib, inc), _windows(w, ww, sw, pw, ib, inc)
 
-    return windows, mode
+@_njit
+def _pool(x, params):
+    h, w = x.shape[-2], x.shape[-1]
+    rows, cols = _pool_windows(h, w, params)
+    n = _planes(x.size, h, w)
+    z3 = _pool_3d(np.ascontiguousarray(x).reshape((n, h, w)), rows, cols, params[8])
+    return z3.reshape(x.shape[:-2] + (z3.shape[1], z3.shape[2]))
+
+
+@_njit
+def _pool_grad(x, z, gz, params):
+    h, w = x.shape[-2], x.shape[-1]
+    oh, ow = z.shape[-2], z.shape[-1]
+    rows, cols = _pool_windows(h, w, params)
+    n = _planes(x.size, h, w)
+    gx3 = _pool_grad_3d(np.ascontiguousarray(x).reshape((n, h, w)),
+                        np.ascontiguousarray(z).reshape((n, oh, ow)),
+                        np.ascontiguousarray(gz).reshape((n, oh, ow)), rows, cols, params[8])
+    return gx3.reshape(x.shape)
 
 
 @register_funcify_default_op_cache_key(Pool2d)
 def numba_funcify_Pool2d(op, node=None, **kwargs):
-    windows, mode = _pool_parts(op)
+    params = _pool_params(op)
 
     @numba_njit
     def pool(x):
-        h, w = x.shape[-2], x.shape[-1]
-        rows, cols = windows(h, w)
-        n = _planes(x.size, h, w)
-        z3 = _pool_3d(np.ascontiguousarray(x).reshape((n, h, w)), rows, cols, mode)
-        return z3.reshape(x.shape[:-2] + (z3.shape[1], z3.shape[2]))
+        return _pool(x, params)
 
     return pool, _VERSION
 
 
 @register_funcify_default_op_cache_key(Pool2dGrad)
 def numba_funcify_Pool2dGrad(op, node=None, **kwargs):
-    windows, mode = _pool_parts(op)
+    params = _pool_params(op)
 
     @numba_njit
     def pool_grad(x, z, gz):
-        h, w = x.shape[-2], x.shape[-1]
-        oh, ow = z.shape[-2], z.shape[-1]
-        rows, cols = windows(h, w)
-        n = _planes(x.size, h, w)
-        gx3 = _pool_grad_3d(np.ascontiguousarray(x).reshape((n, h, w)),
-                            np.ascontiguousarray(z).reshape((n, oh, ow)),
-                            np.ascontiguousarray(gz).reshape((n, oh, ow)), rows, cols, mode)
-        return gx3.reshape(x.shape)
+        return _pool_grad(x, z, gz, params)
 
     return pool_grad, _VERSION
