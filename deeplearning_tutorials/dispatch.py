@@ -22,7 +22,7 @@ import importlib
 from pytensor.compile import optdb
 from pytensor.graph.rewriting.basic import GraphRewriter
 
-__all__ = ["LazyDispatch", "NUMBA", "JAX"]
+__all__ = ["LazyDispatch", "NUMBA", "JAX", "NUMBA_TAG"]
 
 
 class LazyDispatch(GraphRewriter):
@@ -70,7 +70,12 @@ NUMBA = LazyDispatch("numba", (OSError,))
 #: The JAX code of the package's Ops.
 JAX = LazyDispatch("jax", (ImportError,))
 
+#: The name (and tag) of :data:`NUMBA` in PyTensor's rewrite database. The
+#: package's C and JAX modes exclude it: their linkers never call Numba, so
+#: compiling in them need not import it.
+NUMBA_TAG = "deeplearning_tutorials_numba_dispatch"
+
 # After every rewrite (the last of PyTensor's run at 110), so that the Ops a
 # rewrite introduces are seen too.
-optdb.register("deeplearning_tutorials_numba_dispatch", NUMBA, "fast_run", position=1000)
+optdb.register(NUMBA_TAG, NUMBA, "fast_run", position=1000)
 optdb.register("deeplearning_tutorials_jax_dispatch", JAX, "jax", position=1000)

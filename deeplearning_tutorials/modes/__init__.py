@@ -32,6 +32,7 @@ PyTensor's own modes never run them: ``mode="NUMBA"``, ``"CVM"``, ``"C"`` and
 from pytensor.compile.mode import Mode, get_mode, predefined_modes, register_mode
 from pytensor.link.c.basic import CLinker
 
+from deeplearning_tutorials import dispatch
 from deeplearning_tutorials.modes import c, jax, numba
 
 __all__ = ["MODES", "PYTENSOR_MODES", "DEFAULT_MODE", "WholeGraphCLinker"]
@@ -57,7 +58,7 @@ class WholeGraphCLinker(CLinker):
 
 
 def _c_mode(name, linker=None, *tags):
-    mode = get_mode(name).including(c.TAG, *tags)
+    mode = get_mode(name).including(c.TAG, *tags).excluding(dispatch.NUMBA_TAG)
     return mode if linker is None else Mode(linker, mode.provided_optimizer)
 
 

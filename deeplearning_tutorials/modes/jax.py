@@ -557,4 +557,5 @@ class DeviceJAXLinker(JAXLinker):
 
 def jax_mode() -> Mode:
     """PyTensor's JAX mode with the rewrites of this module and :class:`DeviceJAXLinker`."""
-    return Mode(DeviceJAXLinker(), get_mode("JAX").including(TAG).provided_optimizer)
+    query = get_mode("JAX").including(TAG).excluding(dispatch.NUMBA_TAG).provided_optimizer
+    return Mode(DeviceJAXLinker(), query)

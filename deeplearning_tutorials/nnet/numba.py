@@ -138,8 +138,7 @@ def _gather_gz(gz, b0, nb, gzm):
                     gzm[f, bb * P + i * ow + j] = gz[b0 + bb, f, i, j]
 
 
-# The shape checks of the convolution kernels, shared by Numba's own kernels and
-# by the calls of the C library below: each returns the result's shape.
+# The shape checks of the convolution kernels: each returns the result's shape.
 @_njit
 def _conv_out_shape(x, w):
     B, C, H, W = x.shape
