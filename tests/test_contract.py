@@ -43,11 +43,16 @@ def reports(tmp_path_factory):
             _probe("package", tmp_path_factory.mktemp("package")))
 
 
-def test_every_module_of_the_package_was_imported_and_used(reports):
+def test_every_module_of_the_package_was_imported(reports):
+    # Every source file, but the two backend modules the probe imports after the check
+    # for threads (it compiles graphs of the package's Ops with them).
+    root = Path(__file__).resolve().parents[1] / "deeplearning_tutorials"
+    names = {".".join(("deeplearning_tutorials",) + path.relative_to(root).with_suffix("").parts)
+             .removesuffix(".__init__") for path in root.rglob("*.py")}
+    names -= {"deeplearning_tutorials", "deeplearning_tutorials.nnet.numba",
+              "deeplearning_tutorials.nnet.jax"}
     _, package = reports
-    assert "deeplearning_tutorials.nnet" in package["imported"]
-    assert "deeplearning_tutorials.modes" in package["imported"]
-    assert "deeplearning_tutorials.convolutional_mlp" in package["imported"]
+    assert sorted(package["imported"]) == sorted(names)
 
 
 def test_importing_starts_no_thread_and_no_process(reports):

@@ -81,6 +81,24 @@ def _run(train, test, W, b):
     return costs, errs, np.asarray(W.get_value()), np.asarray(b.get_value())
 
 
+def _numpy_sgd(data, batches=(0, 1, 2, 0, 2), learning_rate=0.13):
+    """:func:`_logistic`'s training steps in NumPy: the costs and the final W and b."""
+    x, y = data[0], data[1].astype(int)
+    W, b = np.zeros((N_IN, N_OUT)), np.zeros(N_OUT)
+    costs, rows = [], np.arange(BATCH)
+    for i in batches:
+        xb, yb = x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH]
+        z = xb @ W + b
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        costs.append(-np.mean(np.log(p[rows, yb])))
+        d = p.copy()
+        d[rows, yb] -= 1
+        d /= BATCH
+        W, b = W - learning_rate * (xb.T @ d), b - learning_rate * d.sum(axis=0)
+    return costs, W, b
+
+
 def _op_types(fn):
     return [type(node.op) for node in fn.maker.fgraph.apply_nodes]
 
@@ -318,8 +336,12 @@ def test_device_resident_dataset_gives_identical_results():
     # The shared dataset keeps its numpy value: get_value and other backends are unaffected.
     assert isinstance(set_x.get_value(borrow=True), np.ndarray)
     np.testing.assert_array_equal(set_x.get_value(), data[0])
-    # The updated parameters come back from the device, readable as arrays.
-    np.testing.assert_array_equal(np.asarray(device[2].get_value()), Wd)
+    # The updated parameters come back from the device, readable as arrays, and are
+    # NumPy's.
+    costs_np, W_np, b_np = _numpy_sgd(data)
+    np.testing.assert_allclose(costs_d, costs_np, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(device[2].get_value()), W_np, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(device[3].get_value()), b_np, rtol=0, atol=1e-12)
     # set_value is seen by the next call (a new host array, a new device copy).
     test = device[1]
     set_x.set_value(np.zeros_like(data[0]))

@@ -31,9 +31,20 @@ HAS_JAX = importlib.util.find_spec("jax") is not None
 pytestmark = pytest.mark.usefixtures("jax_x64")
 
 
+def theano_out_length(size, ws, stride, pad, ignore_border):
+    """The output length along one axis, as Theano 1.0's ``Pool.out_shape`` computes it
+    (written out here, independently of the package's ``pool_output_length``)."""
+    r = size + 2 * pad
+    if ignore_border:
+        return r // stride if ws == stride else max((r - ws) // stride + 1, 0)
+    if stride >= ws:
+        return (r - 1) // stride + 1
+    return max(0, (r - 1 - ws + stride) // stride) + 1
+
+
 def _regions(size, ws, stride, pad, ignore_border, counts_padding):
     """Theano's window bounds along one axis, in unpadded coordinates."""
-    n = pool_output_length(size, ws, stride, pad, ignore_border)
+    n = theano_out_length(size, ws, stride, pad, ignore_border)
     padded = size + 2 * pad
     out = []
     for r in range(n):
@@ -94,7 +105,7 @@ def case_data():
     for shape, ws, st, pad, ib, mode in CASES:
         # few distinct values: ties in windows, overlapping ones included
         x = rng.integers(-2, 3, size=shape).astype(float)
-        n_out = [pool_output_length(n, w, s, p, ib)
+        n_out = [theano_out_length(n, w, s, p, ib)
                  for n, w, s, p in zip(shape[-2:], ws, st, pad)]
         gz = rng.normal(size=shape[:-2] + tuple(n_out))
         data.append((x, gz, *oracle(x, gz, ws, st, pad, ib, mode)))
@@ -172,14 +183,24 @@ def test_the_tutorials_case_is_one_maxpool_node():
 
 
 def test_static_shapes_follow_theano():
+    # Theano 1.0's Pool.out_shape for a 7 x 6 image, in the order of the product below.
+    expected = iter([(6, 5), (6, 5), (8, 7), (3, 2), (4, 2), (4, 3),
+                     (5, 5), (5, 5), (7, 7), (3, 2), (3, 2), (4, 3)])
     x = pt.tensor4("x", shape=(1, 1, 7, 6))
     for ws, st, pad, ib in itertools.product([(2, 2), (3, 2)], [(1, 1), (2, 3)],
                                              [(0, 0), (1, 1)], [True, False]):
         if pad != (0, 0) and not ib:
             continue
         z = pool_2d(x, ws=ws, ignore_border=ib, stride=st, pad=pad)
-        assert z.type.shape[2:] == tuple(pool_output_length(n, w, s, p, ib)
-                                          for n, w, s, p in zip((7, 6), ws, st, pad))
+        assert z.type.shape[2:] == next(expected), (ws, st, pad, ib)
+
+
+def test_output_lengths_are_theanos():
+    for size, ws, st, pad, ib in itertools.product(range(1, 10), range(1, 5), range(1, 5),
+                                                   range(3), [True, False]):
+        if pad < ws and (ib or not pad):  # Theano's conditions on padding
+            assert pool_output_length(size, ws, st, pad, ib) == theano_out_length(
+                size, ws, st, pad, ib), (size, ws, st, pad, ib)
 
 
 def test_deprecated_names_warn_and_mean_the_same():
