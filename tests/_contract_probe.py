@@ -148,10 +148,12 @@ def use_the_package():
     """Import every module of the package; compile and run its Ops on three backends."""
     import deeplearning_tutorials
 
-    # nnet.numba and nnet.jax import PyTensor's Numba and JAX backends (and so
-    # Numba, SciPy's BLAS and JAX, whose threads start as they load); the package
-    # imports them only when a graph of its Ops is compiled for those backends.
-    backends = {OWN + ".nnet.numba", OWN + ".nnet.jax"}
+    # The modules with the backends' code import PyTensor's Numba and JAX
+    # backends (and so Numba, SciPy's BLAS and JAX, whose threads start as they
+    # load); the package imports them only when a graph of its Ops is compiled
+    # for those backends (deeplearning_tutorials.dispatch).
+    backends = [OWN + ".nnet.numba", OWN + ".nnet.jax", OWN + ".modes.numba_dispatch",
+                OWN + ".modes.jax_dispatch"]
     imported = []
     for info in pkgutil.walk_packages(deeplearning_tutorials.__path__, OWN + "."):
         if info.name not in backends:
@@ -160,6 +162,7 @@ def use_the_package():
     after_import = {"threads": threads(), "children": children()}
     for name in backends:
         importlib.import_module(name)
+        imported.append(name)
     from deeplearning_tutorials.nnet import conv2d, pool_2d
 
     x, w = pt.tensor4("x"), pt.tensor4("w")
