@@ -147,13 +147,15 @@ def _digest(*values):
 def use_the_package():
     """Import every module of the package; compile and run its Ops on three backends."""
     import deeplearning_tutorials
+    import deeplearning_tutorials.modes  # noqa: F401 (they name their backends' code)
+    import deeplearning_tutorials.nnet  # noqa: F401
+    from deeplearning_tutorials import dispatch
 
     # The modules with the backends' code import PyTensor's Numba and JAX
     # backends (and so Numba, SciPy's BLAS and JAX, whose threads start as they
     # load); the package imports them only when a graph of its Ops is compiled
-    # for those backends (deeplearning_tutorials.dispatch).
-    backends = [OWN + ".nnet.numba", OWN + ".nnet.jax", OWN + ".modes.numba_dispatch",
-                OWN + ".modes.jax_dispatch"]
+    # for those backends.
+    backends = sorted({*dispatch.NUMBA.modules.values(), *dispatch.JAX.modules.values()})
     imported = []
     for info in pkgutil.walk_packages(deeplearning_tutorials.__path__, OWN + "."):
         if info.name not in backends:
